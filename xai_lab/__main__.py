@@ -1,0 +1,3 @@
+from xai_lab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""The ``xai-lab`` command (also ``python -m xai_lab``).
+
+Verbs that start from an experiment take ``--config EXP``; verbs that work on a trained
+run take ``--run-dir DIR``. All accept dotted ``key=value`` overrides after the flags and
+``--smoke`` (the same work, tiny). Exit codes: 0 done, 2 bad input (one line on stderr),
+1 a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from xai_lab.errors import UserError
+
+log = logging.getLogger("xai_lab")
+
+SMOKE_OVERRIDES = ["train.epochs=1", "train.batch_size=16", "explain.num_each=2"]
+SMOKE_PER_CLASS = 12
+SMOKE_EVAL_IMAGES = 64
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def smoke_overrides(config_path: str) -> list[str]:
+    """The overrides ``--smoke`` adds: one short epoch on a dozen images per class."""
+    from xai_lab.config import load_experiment
+
+    cfg = load_experiment(config_path)
+    per_class = (
+        f"data.synthfaces.n_per_class={SMOKE_PER_CLASS}"
+        if cfg.data.source == "synthfaces"
+        else f"data.limit_per_class={SMOKE_PER_CLASS}"
+    )
+    return [per_class, *SMOKE_OVERRIDES]
+
+
+def load_config(args: argparse.Namespace):
+    from xai_lab.config import load_experiment
+
+    overrides = (smoke_overrides(args.config) if args.smoke else []) + list(args.overrides)
+    return load_experiment(args.config, overrides)
+
+
+def load_run_config(args: argparse.Namespace):
+    """The config saved in a run folder, with the overrides a trained run allows."""
+    from xai_lab.config import apply_overrides, from_dict, load_saved, parse_override, to_dict
+    from xai_lab.runs import resolve_run_dir
+
+    run_dir = resolve_run_dir(args.run_dir)
+    cfg = load_saved(run_dir / "config.yaml")
+    allowed = ("run.", "explain.", "data.", "train.eval_batch_size", "train.amp")
+    for text in args.overrides:
+        key = ".".join(parse_override(text)[0])
+        if not key.startswith(allowed):
+            raise UserError(f"override '{text}' cannot change a trained run; allowed: run.*, explain.*, data.*, "
+                            "train.eval_batch_size, train.amp")
+    return run_dir, from_dict(apply_overrides(to_dict(cfg), args.overrides))
+
+
+# --- verbs -------------------------------------------------------------------------------------
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from xai_lab.data.prepare import prepare
+
+    cfg = load_config(args)
+    out = prepare(cfg.data, progress=cfg.run.progress)
+    print(f"prepared {cfg.data.name}: {out}/metadata.csv and {out}/splits/")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from xai_lab.train import fit
+
+    cfg = load_config(args)
+    summary = fit(cfg)
+    run_dir = summary["run_dir"]
+    print(f"run: {run_dir}")
+    print(f"best val macro-F1 {summary['best_val_macro_f1']:.4f} at epoch {summary['best_epoch']}; "
+          f"next: xai-lab evaluate --run-dir {run_dir}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from xai_lab.data.dataset import load_dataset
+    from xai_lab.evaluate import evaluate_run
+
+    run_dir, cfg = load_run_config(args)
+    dataset = load_dataset(cfg.data, progress=cfg.run.progress)
+    summary = evaluate_run(run_dir, args.out, dataset=dataset, split=args.split, device=cfg.run.device,
+                           max_images=SMOKE_EVAL_IMAGES if args.smoke else None)
+    print(f"{args.split}: accuracy {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f} "
+          f"(n={summary['n']}) -> {_report(run_dir, args.out)}/test_summary.json")
+
+
+def cmd_plots(args: argparse.Namespace) -> None:
+    from xai_lab.plots import plot_run
+
+    run_dir, _ = load_run_config(args)
+    written = plot_run(run_dir, args.out)
+    print(f"wrote {len(written)} plots to {written[0].parent}")
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from xai_lab.data.dataset import load_dataset
+    from xai_lab.explain.run import explain_run
+
+    run_dir, cfg = load_run_config(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    num_each = 2 if args.smoke else (args.num_each or cfg.explain.num_each)
+    dataset = load_dataset(cfg.data, progress=cfg.run.progress)
+    written = explain_run(run_dir, args.out, split=args.split or cfg.explain.split, num_each=num_each,
+                          methods=methods, dataset=dataset, device=cfg.run.device)
+    print(f"wrote {sum(map(len, written.values()))} explanations to {_report(run_dir, args.out)}/xai/")
+
+
+def _report(run_dir: Path, out: str | None) -> Path:
+    from xai_lab.runs import report_dir_for
+
+    return Path(out) if out else report_dir_for(run_dir)
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="xai-lab", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+
+    def verb(name: str, fn: Callable, help_: str, run_dir: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        if run_dir:
+            p.add_argument("--run-dir", required=True, help="a run folder (artifacts/runs/<exp>/<id> or .../latest)")
+            p.add_argument("--out", default=None, help="report folder (default: artifacts/reports/<exp>/<id>)")
+        else:
+            p.add_argument("--config", required=True, help="experiment YAML (configs/experiments/*.yaml)")
+        p.add_argument("--smoke", action="store_true", help="the same work, tiny: a few images, one short epoch")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+        p.set_defaults(func=fn)
+        return p
+
+    verb("prepare", cmd_prepare, "manifest, stratified splits and decoded cache of a dataset")
+    verb("train", cmd_train, "one training run")
+    ev = verb("evaluate", cmd_evaluate, "test metrics of a run's best checkpoint", run_dir=True)
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    verb("plots", cmd_plots, "training curves and the confusion matrix as PNGs", run_dir=True)
+    ex = verb("explain", cmd_explain, "explanation galleries of the most and least confident images", run_dir=True)
+    ex.add_argument("--split", default=None, choices=["train", "val", "test"])
+    ex.add_argument("--num-each", type=int, default=None, help="images per gallery (default: explain.num_each)")
+    ex.add_argument("--methods", default=None, help="comma-separated, e.g. saliency,gradcam")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help(sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"xai-lab {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"xai-lab {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,411 @@
+"""Typed, strict experiment configs: YAML files into dataclasses, plus dotted overrides.
+
+An experiment YAML names one YAML per section (or gives the section inline)::
+
+    run: {name: exp000_resnet18_saliency_synthfaces, seed: 0}
+    data: configs/data/synthfaces.yaml
+    model: configs/model/resnet18.yaml
+    train: configs/train/default.yaml
+    augment: configs/augment/default.yaml
+    explain: configs/explain/saliency.yaml
+
+Values come from the dataclass defaults, then the section files, then the dotted
+overrides given on the command line (``train.epochs=3 model.depth=34``). Every key is
+checked against the dataclass: an unknown key or a value of the wrong type raises
+:class:`~xai_lab.errors.UserError` naming the key and the valid ones. The resolved
+config (every value, defaults included) is saved as ``config.yaml`` beside each result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from xai_lab.errors import UserError
+from xai_lab.atomic import atomic_write_text
+
+# ---------------------------------------------------------------------------------------------
+# The sections. Field metadata: ``min``/``max`` bound numbers; ``help`` documents the key.
+# ---------------------------------------------------------------------------------------------
+
+
+def _bounded(default: Any, lo: float | None = None, hi: float | None = None, **kw: Any) -> Any:
+    return field(default=default, metadata={"min": lo, "max": hi, **kw})
+
+
+@dataclass
+class RunConfig:
+    """Where and how a run happens."""
+
+    name: str = ""  # experiment name; defaults to the experiment file's stem
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    output_root: str = "artifacts"  # runs go to <output_root>/runs, reports to <output_root>/reports
+    progress: bool = True  # tqdm bars on stderr
+
+
+@dataclass
+class SplitConfig:
+    """Fractions of the stratified train/val/test split (they must sum to 1)."""
+
+    train: float = _bounded(0.7, 0.0, 1.0)
+    val: float = _bounded(0.15, 0.0, 1.0)
+    test: float = _bounded(0.15, 0.0, 1.0)
+
+
+@dataclass
+class SynthFacesConfig:
+    """Knobs of the embedded synthfaces dataset (ignored by other sources)."""
+
+    n_per_class: int = _bounded(300, 1)
+    label_noise: float = _bounded(0.0, 0.0, 0.99)
+    seed: int = 0
+
+
+DataSource = Literal["synthfaces", "folder"]
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where it is, and how it is split and decoded."""
+
+    source: DataSource = "synthfaces"
+    root: str = ""  # raw dataset folder; synthfaces defaults to data/raw/<name>
+    name: str = ""  # processed folder name under processed_root; derived when empty
+    processed_root: str = "data/processed"
+    image_size: int = _bounded(48, 8)  # images are decoded (and resized if needed) to this size
+    channels: Literal[1, 3] = 1  # 1: grayscale (FER data), 3: RGB
+    split: SplitConfig = field(default_factory=SplitConfig)
+    split_seed: int = 0  # fixed apart from run.seed, so that runs with other seeds share a split
+    subject_pattern: str = ""  # regex on the file name whose first group is the subject; "": the file stem
+    group_by_subject: bool = False  # no subject in two splits (CK+)
+    on_bad_image: Literal["error", "skip"] = "error"  # skip: leave it out and record it
+    limit_per_class: int = _bounded(0, 0)  # 0: all images; >0 keeps the first k per class (smoke runs)
+    synthfaces: SynthFacesConfig = field(default_factory=SynthFacesConfig)
+
+
+@dataclass
+class ModelConfig:
+    """A torchvision ResNet; see :mod:`xai_lab.models`."""
+
+    depth: Literal[18, 34, 50] = 18
+    pretrained: Union[bool, str] = False  # true: torchvision ImageNet weights; or a path to a .pth
+    input_size: int = _bounded(48, 16)  # batches are resized to this on the device
+    stem: Literal["imagenet", "small"] = "imagenet"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation; see :func:`xai_lab.train.fit`."""
+
+    epochs: int = _bounded(10, 1)
+    batch_size: int = _bounded(128, 1)
+    eval_batch_size: int = _bounded(512, 1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = _bounded(1e-3, 0.0)
+    weight_decay: float = _bounded(0.05, 0.0)
+    momentum: float = _bounded(0.9, 0.0, 1.0)  # sgd only
+    scheduler: Literal["cosine", "step", "none"] = "cosine"
+    warmup_epochs: float = _bounded(1.0, 0.0)
+    step_size: int = _bounded(10, 1)  # step scheduler: epochs between decays
+    gamma: float = _bounded(0.1, 0.0, 1.0)  # step scheduler: decay factor
+    sampler: Literal["none", "class_balanced", "sqrt_balanced"] = "none"
+    class_weighted_loss: bool = False
+    label_smoothing: float = _bounded(0.0, 0.0, 0.99)
+    early_stopping_patience: int = _bounded(0, 0)  # epochs without a better val macro-F1; 0: off
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    compile: bool = False  # torch.compile the model
+
+
+@dataclass
+class AugmentConfig:
+    """On-device batch augmentation. ``strength`` scales every magnitude below; 0 is the identity.
+
+    The other keys are the magnitudes at strength 1.
+    """
+
+    strength: float = _bounded(0.5, 0.0, 1.0)
+    rotation_deg: float = _bounded(15.0, 0.0, 180.0)
+    translate: float = _bounded(0.1, 0.0, 0.5)  # fraction of the image size
+    scale: float = _bounded(0.15, 0.0, 0.9)  # zoom in/out by up to this fraction (the crop)
+    flip: float = _bounded(0.5, 0.0, 1.0)  # probability of a horizontal flip
+    brightness: float = _bounded(0.3, 0.0, 1.0)
+    contrast: float = _bounded(0.3, 0.0, 1.0)
+    erase_prob: float = _bounded(0.5, 0.0, 1.0)  # probability of random erasing
+    erase_area: float = _bounded(0.15, 0.0, 0.9)  # largest erased fraction of the image
+
+
+@dataclass
+class ExplainConfig:
+    """Which explanations to compute and on which images."""
+
+    methods: list[str] = field(default_factory=lambda: ["saliency"])
+    split: Literal["train", "val", "test"] = "test"
+    num_each: int = _bounded(8, 1)  # most and least confident images per method
+    batch_size: int = _bounded(64, 1)
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: every section, fully resolved."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(ExperimentConfig))
+
+# ---------------------------------------------------------------------------------------------
+# Strict conversion from plain dicts.
+# ---------------------------------------------------------------------------------------------
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) if isinstance(a, str) else str(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return names.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise UserError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{key}' must be a mapping, got {value!r}")
+        return _from_dict(tp, value, key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        for choice in choices:
+            if value == choice and type(value) is type(choice):
+                return value
+        raise UserError(f"config key '{key}' must be {_describe(tp)}, got {value!r}")
+    if origin in (Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            try:
+                return _convert(value, arm, key)
+            except UserError:
+                continue
+        raise UserError(f"config key '{key}' must be {_describe(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"config key '{key}' must be {_describe(tp)}, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }
+    if not ok.get(tp, False):
+        raise UserError(f"config key '{key}' must be {_describe(tp)}, got {value!r}")
+    return float(value) if tp is float else value
+
+
+def _from_dict(cls: type, values: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            where = f"'{prefix}'" if prefix else "an experiment"
+            raise UserError(
+                f"unknown config key '{full}'{hint}; valid keys in {where}: {', '.join(fields)}"
+            )
+        converted = _convert(value, hints[key], full)
+        meta = fields[key].metadata
+        if isinstance(converted, (int, float)) and not isinstance(converted, bool):
+            lo, hi = meta.get("min"), meta.get("max")
+            if (lo is not None and converted < lo) or (hi is not None and converted > hi):
+                bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+                raise UserError(f"config key '{full}' must be in {bounds}, got {converted!r}")
+        kwargs[key] = converted
+    return cls(**kwargs)
+
+
+def from_dict(values: dict) -> ExperimentConfig:
+    """Build a checked :class:`ExperimentConfig` from a nested dict (e.g. a saved config.yaml)."""
+    cfg = _from_dict(ExperimentConfig, values, "")
+    _check(cfg)
+    return cfg
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+    """The config as plain nested dicts, ready for YAML."""
+    return dataclasses.asdict(cfg)
+
+
+def _check(cfg: ExperimentConfig) -> None:
+    """Cross-key rules that a single type cannot express."""
+    s = cfg.data.split
+    if abs(s.train + s.val + s.test - 1.0) > 1e-6:
+        raise UserError(
+            f"config keys 'data.split.train/val/test' must sum to 1, got {s.train}+{s.val}+{s.test}"
+        )
+    if s.train <= 0 or s.val <= 0:
+        raise UserError("config keys 'data.split.train' and 'data.split.val' must be > 0")
+    if cfg.data.source != "synthfaces" and not cfg.data.root:
+        raise UserError(f"config key 'data.root' must name the dataset folder for source '{cfg.data.source}'")
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML files and overrides.
+# ---------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file, turning a missing file or a syntax error into one UserError line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise UserError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        return yaml_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"invalid YAML in {path}{where}: {getattr(e, 'problem', e)}") from None
+
+
+def _find_section_file(ref: str, experiment: Path) -> Path:
+    """A section path is relative to the working directory, else to a folder above the experiment."""
+    candidates = [Path(ref)] + [parent / ref for parent in experiment.resolve().parents]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise UserError(f"config file not found: {ref} (named in {experiment})")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'train.epochs=3'`` -> ``(['train', 'epochs'], 3)``; the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"override '{text}' must look like section.key=value (e.g. train.epochs=3)")
+    try:
+        value = yaml_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(values: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Set each dotted override in the nested dict ``values`` (in place) and return it."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = values
+        for depth, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise UserError(f"override '{text}': '{where}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return values
+
+
+def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Load an experiment YAML, its section files and ``overrides`` into a checked config.
+
+    Args:
+        path: the experiment YAML (its sections are file paths or inline mappings).
+        overrides: dotted ``key=value`` strings applied last.
+
+    Returns:
+        The resolved :class:`ExperimentConfig` (derived names and paths filled in).
+    """
+    path = Path(path)
+    top = read_yaml(path)
+    if top is None:
+        top = {}
+    if not isinstance(top, dict):
+        raise UserError(f"{path} must be a mapping of sections ({', '.join(SECTIONS)})")
+    values: dict[str, Any] = {}
+    for section, ref in top.items():
+        if section not in SECTIONS:
+            raise UserError(f"unknown config section '{section}' in {path}; valid sections: {', '.join(SECTIONS)}")
+        if isinstance(ref, str):
+            content = read_yaml(_find_section_file(ref, path)) or {}
+            where = ref
+        else:
+            content, where = ref or {}, f"{path}:{section}"
+        if not isinstance(content, dict):
+            raise UserError(f"config section '{section}' ({where}) must be a mapping")
+        values[section] = content
+    apply_overrides(values, overrides)
+    values.setdefault("run", {}).setdefault("name", path.stem)
+    return resolve(from_dict(values))
+
+
+def resolve(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Fill in derived values (run name, dataset name and root) so that the saved config is explicit."""
+    from xai_lab.data.sources import default_name, default_root
+
+    if not cfg.data.root:
+        cfg.data.root = default_root(cfg.data)
+    if not cfg.data.name:
+        cfg.data.name = default_name(cfg.data)
+    if not cfg.run.name:
+        cfg.run.name = "experiment"
+    return cfg
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_saved(path: str | Path) -> ExperimentConfig:
+    """Load a resolved ``config.yaml`` written by :func:`save_config` (strictly checked too)."""
+    values = read_yaml(path)
+    if not isinstance(values, dict):
+        raise UserError(f"{path} is not a saved xai-lab config")
+    return from_dict(values)

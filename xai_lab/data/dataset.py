@@ -1,0 +1,103 @@
+"""Prepared datasets in memory: each split as uint8 arrays, ready to move to the device once.
+
+A FER-sized dataset (35k images of 48x48) is 80 MB as uint8: it lives on the GPU whole and
+is augmented there in batches (see :mod:`xai_lab.data.augment`), so no per-image CPU
+pipeline stands between the GPU and its data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from xai_lab.config import DataConfig
+from xai_lab.data.prepare import SPLITS, config_sha1, prepare, processed_dir
+from xai_lab.errors import UserError
+
+
+@dataclass
+class Split:
+    """One split: ``images`` uint8 [N, C, S, S], ``labels`` int64 [N], optional masks and soft targets."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    masks: np.ndarray | None = None  # bool [N, 1, S, S]: the pixels that carry the expression
+    soft_targets: np.ndarray | None = None  # float32 [N, K]: label distributions (e.g. FER+ votes)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: np.ndarray) -> Split:
+        return Split(
+            images=self.images[idx],
+            labels=self.labels[idx],
+            paths=[self.paths[i] for i in idx],
+            masks=None if self.masks is None else self.masks[idx],
+            soft_targets=None if self.soft_targets is None else self.soft_targets[idx],
+        )
+
+
+@dataclass
+class Dataset:
+    """A prepared dataset: class names and the train/val/test splits."""
+
+    name: str
+    root: str
+    class_names: list[str]
+    splits: dict[str, Split]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def load_dataset(data: DataConfig, progress: bool = False) -> Dataset:
+    """Load the prepared dataset of ``data``, preparing it first when missing or made differently.
+
+    Prepared files whose recorded data config differs from ``data`` are rebuilt, so a run
+    always sees exactly the split its own config describes.
+    """
+    out = processed_dir(data)
+    info = _read_info(out)
+    if info is None or info.get("config_sha1") != config_sha1(data) or not _cache_path(out, info).is_dir():
+        prepare(data, progress=progress)
+        info = _read_info(out)
+    metadata = pd.read_csv(out / "metadata.csv", dtype={"subject": str, "path": str, "label": str})
+    cache = _cache_path(out, info)
+    images = np.load(cache / "images.npy", mmap_mode="r")
+    masks = np.load(cache / "masks.npy", mmap_mode="r") if (cache / "masks.npy").is_file() else None
+    if len(images) != len(metadata):
+        raise UserError(f"{cache} does not match {out / 'metadata.csv'}; run `xai-lab prepare` again")
+    row_of = {p: i for i, p in enumerate(metadata["path"])}
+    soft_cols = [c for c in metadata.columns if c.startswith("p_")]
+    splits = {}
+    for name in SPLITS:
+        part = pd.read_csv(out / "splits" / f"{name}.csv", dtype={"path": str})
+        try:
+            idx = np.array([row_of[p] for p in part["path"]], dtype=np.int64)
+        except KeyError as e:
+            raise UserError(f"{out}/splits/{name}.csv names {e} missing from metadata.csv; run prepare again") from None
+        splits[name] = Split(
+            images=np.ascontiguousarray(images[idx]),
+            labels=metadata["label_idx"].to_numpy(np.int64)[idx],
+            paths=metadata["path"].iloc[idx].tolist(),
+            masks=None if masks is None else np.ascontiguousarray(masks[idx]),
+            soft_targets=metadata[soft_cols].to_numpy(np.float32)[idx] if soft_cols else None,
+        )
+    return Dataset(name=data.name, root=str(data.root), class_names=list(info["class_names"]), splits=splits)
+
+
+def _read_info(out: Path) -> dict | None:
+    try:
+        return json.loads((out / "dataset.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _cache_path(out: Path, info: dict) -> Path:
+    return out / "cache" / str(info.get("cache_key"))

@@ -1,0 +1,12 @@
+"""The one exception type for bad user input.
+
+Anything the user can fix (a config key, a path, a corrupt image, a missing
+checkpoint) raises :class:`UserError` with a message of one line. The CLI turns it
+into that line on stderr and exit code 2; any other exception is a bug (exit 1).
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line, exit code 2."""

@@ -1,0 +1,1 @@
+"""Explanations: attribution maps (``explainers``), drawing (``drawing``) and the ``explain`` verb (``run``)."""

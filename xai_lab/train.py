@@ -1,0 +1,244 @@
+"""``fit``: one training run, as a plain function (a process, a notebook or a Ray trial).
+
+The data path is the fast one: each split is a uint8 tensor that lives on the training
+device; an epoch is a permutation (or weighted draw) of indices made on the device; each
+batch is gathered by indexing, augmented as a whole batch (:mod:`xai_lab.data.augment`)
+and resized inside the model. Nothing is decoded or copied per image, and the loop reads
+no value back to the host until the epoch ends.
+
+Outputs in the run folder: ``config.yaml`` (resolved), ``last.pt`` (every epoch),
+``best.pt`` (best val macro-F1), ``train_log.jsonl`` (one line per epoch), ``tb/``
+(TensorBoard scalars) and ``train_summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+
+from xai_lab.atomic import atomic_write_json
+from xai_lab.checkpoint import load_checkpoint, save_checkpoint
+from xai_lab.config import ExperimentConfig, TrainConfig, save_config, to_dict
+from xai_lab.data.augment import augment_batch
+from xai_lab.data.dataset import Dataset, load_dataset
+from xai_lab.data.sampler import epoch_indices, sample_weights
+from xai_lab.device import autocast, resolve_device, to_device
+from xai_lab.evaluate import predict_logits
+from xai_lab.models import build_model
+from xai_lab.runs import create_run_dir
+
+log = logging.getLogger(__name__)
+
+# callback(metrics of the epoch, path of last.pt) -> True to stop training early.
+EpochCallback = Callable[[dict[str, Any], Path], "bool | None"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's global generators (model init). Data order and augmentation use their own."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD; no weight decay on biases and normalisation weights (1-d parameters)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """The learning-rate multiplier at ``step``: linear warm-up, then cosine, step or constant."""
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return min(1.0, (step + 1) / warmup)
+    if cfg.scheduler == "cosine":
+        total = max(1.0, cfg.epochs * steps_per_epoch - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
+    if cfg.scheduler == "step":
+        return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+    return 1.0
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency class weights, normalised to average 1 over the classes present."""
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    w = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
+    return w
+
+
+def fit(
+    cfg: ExperimentConfig,
+    *,
+    dataset: Dataset | None = None,
+    run_dir: str | Path | None = None,
+    callback: EpochCallback | None = None,
+    resume_from: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train one model as ``cfg`` says.
+
+    Args:
+        cfg: the resolved experiment config.
+        dataset: the prepared data (loaded, and prepared if needed, from ``cfg.data`` when None).
+        run_dir: where to write; a fresh ``<output_root>/runs/<name>/<run_id>`` when None.
+        callback: called after every epoch with the epoch's metrics and the path of
+            ``last.pt``; returning True stops training (the sweep reports through this).
+        resume_from: a ``last.pt`` to continue from (model, optimizer, schedule, epoch).
+
+    Returns:
+        A summary: ``best_val_macro_f1``, ``best_epoch``, ``epochs_run``, the last epoch's
+        metrics, ``train_seconds``, ``images_per_second`` and ``run_dir``.
+    """
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.run.device)
+    tc = cfg.train
+    seed_everything(cfg.run.seed)
+    if dataset is None:
+        dataset = load_dataset(cfg.data, progress=cfg.run.progress)
+    run_dir = Path(run_dir) if run_dir is not None else create_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+
+    train, val = dataset.splits["train"], dataset.splits["val"]
+    k = dataset.num_classes
+    x_train, y_train = to_device(train.images, device), to_device(train.labels, device)
+    soft_train = None if train.soft_targets is None else to_device(train.soft_targets, device)
+    x_val = to_device(val.images, device)
+
+    model = build_model(cfg.model, k, cfg.data.channels).to(device)
+    if device.type == "cuda" and tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, tc)
+    steps_per_epoch = max(1, len(train) // tc.batch_size)  # drop the last partial batch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, tc))
+    step_model = torch.compile(model) if tc.compile else model
+
+    weights = sample_weights(y_train, tc.sampler, k)
+    loss_weight = class_weights(y_train, k) if tc.class_weighted_loss else None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.run.seed)
+
+    start_epoch, best_f1, best_epoch = 1, -1.0, 0
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"]) + 1
+        best_f1, best_epoch = float(state["best_val_macro_f1"]), int(state["best_epoch"])
+        gen.manual_seed(cfg.run.seed + start_epoch)  # a resumed run draws fresh batches
+        log.info("resumed from %s at epoch %d", resume_from, start_epoch)
+
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    writer = SummaryWriter(str(run_dir / "tb"))
+    total_steps = (tc.epochs - start_epoch + 1) * steps_per_epoch
+    bar = tqdm(total=total_steps, desc=f"train {cfg.run.name}", unit="step", disable=not cfg.run.progress,
+               leave=False, dynamic_ncols=True)
+    metrics: dict[str, Any] = {}
+    images_seen, train_seconds, epoch = 0, 0.0, start_epoch - 1
+    try:
+        for epoch in range(start_epoch, tc.epochs + 1):
+            model.train()
+            t0 = time.perf_counter()
+            order = epoch_indices(weights, len(train), gen)
+            loss_sum = torch.zeros((), device=device)
+            for i in range(steps_per_epoch):
+                idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
+                x = augment_batch(x_train[idx].float().div_(255), cfg.augment, gen)
+                if device.type == "cuda" and tc.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                target = soft_train[idx] if soft_train is not None else y_train[idx]
+                with autocast(device, tc.amp):
+                    logits = step_model(x)
+                loss = F.cross_entropy(logits.float(), target, weight=loss_weight, label_smoothing=tc.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.detach()
+                bar.update(1)
+            train_loss = float(loss_sum) / steps_per_epoch  # the epoch's one host sync
+            epoch_seconds = time.perf_counter() - t0
+            images_seen += steps_per_epoch * tc.batch_size
+            train_seconds += epoch_seconds
+
+            model.eval()
+            val_logits = predict_logits(model, x_val, tc.eval_batch_size, tc.amp)
+            y_val = to_device(val.labels, device)
+            val_loss = float(F.cross_entropy(val_logits, y_val)) if len(val) else float("nan")
+            pred = val_logits.argmax(1).cpu().numpy()
+            metrics = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_accuracy": float((pred == val.labels).mean()) if len(val) else float("nan"),
+                "val_macro_f1": float(f1_score(val.labels, pred, labels=list(range(k)), average="macro",
+                                              zero_division=0)),
+                "lr": optimizer.param_groups[0]["lr"],
+                "epoch_seconds": epoch_seconds,
+                "images_per_second": steps_per_epoch * tc.batch_size / epoch_seconds,
+            }
+            improved = metrics["val_macro_f1"] > best_f1
+            if improved:
+                best_f1, best_epoch = metrics["val_macro_f1"], epoch
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "config": to_dict(cfg),
+                "class_names": dataset.class_names,
+                "metrics": metrics,
+                "best_val_macro_f1": best_f1,
+                "best_epoch": best_epoch,
+            }
+            save_checkpoint(run_dir / "last.pt", state)
+            if improved:
+                save_checkpoint(run_dir / "best.pt", {k_: v for k_, v in state.items() if k_ not in ("optimizer",)})
+            with open(run_dir / "train_log.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            for key, value in metrics.items():
+                if key != "epoch":
+                    writer.add_scalar(key, value, epoch)
+            writer.flush()
+            bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val_f1=f"{metrics['val_macro_f1']:.3f}")
+            log.info("epoch %d/%d train_loss %.4f val_acc %.4f val_macro_f1 %.4f (%.1fs, %.0f img/s)", epoch,
+                     tc.epochs, train_loss, metrics["val_accuracy"], metrics["val_macro_f1"], epoch_seconds,
+                     metrics["images_per_second"])
+            stop = callback(dict(metrics, best_val_macro_f1=best_f1), run_dir / "last.pt") if callback else False
+            if stop:
+                break
+            if tc.early_stopping_patience and epoch - best_epoch >= tc.early_stopping_patience:
+                log.info("early stopping: no better val macro-F1 for %d epochs", tc.early_stopping_patience)
+                break
+    finally:
+        bar.close()
+        writer.close()
+
+    summary = {
+        "run_dir": str(run_dir),
+        "best_val_macro_f1": best_f1,
+        "best_epoch": best_epoch,
+        "epochs_run": epoch - start_epoch + 1,
+        "final": metrics,
+        "train_seconds": train_seconds,
+        "images_per_second": images_seen / train_seconds if train_seconds else 0.0,
+        "wall_seconds": time.perf_counter() - t_start,
+        "device": str(device),
+    }
+    atomic_write_json(run_dir / "train_summary.json", summary)
+    return summary

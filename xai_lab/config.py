@@ -247,6 +247,13 @@ def _from_dict(cls: type, values: dict, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def build_dataclass(cls: type, values: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``values`` with the same strict checks (for other config files)."""
+    if not isinstance(values, dict):
+        raise UserError(f"config '{prefix or cls.__name__}' must be a mapping, got {values!r}")
+    return _from_dict(cls, values, prefix)
+
+
 def from_dict(values: dict) -> ExperimentConfig:
     """Build a checked :class:`ExperimentConfig` from a nested dict (e.g. a saved config.yaml)."""
     cfg = _from_dict(ExperimentConfig, values, "")

@@ -161,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already reported in one line
+        return int(e.code or 0)
     if args.verb is None:
         parser.print_help(sys.stderr)
         return 2

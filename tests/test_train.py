@@ -1,0 +1,120 @@
+"""Training on tiny synthfaces sets, on the CPU: learning, determinism, checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from xai_lab.checkpoint import load_checkpoint, model_from_checkpoint
+from xai_lab.config import load_experiment, load_saved
+from xai_lab.data.dataset import load_dataset
+from xai_lab.evaluate import evaluate_run
+from xai_lab.train import fit, lr_factor
+
+EXP = "configs/experiments/exp000_resnet18_saliency_synthfaces.yaml"
+TINY = [
+    "data.synthfaces.n_per_class=60", "model.stem=imagenet", "train.batch_size=32", "train.lr=0.003",
+    "augment.strength=0", "run.progress=false", "run.device=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short run shared by the tests below (2,352 training images: about 15 s on 2 CPU cores)."""
+    import os
+
+    from tests.conftest import ROOT
+
+    work = tmp_path_factory.mktemp("train")
+    (work / "configs").symlink_to(ROOT / "configs")
+    old = os.getcwd()
+    os.chdir(work)
+    try:
+        cfg = load_experiment(EXP, TINY + ["train.epochs=8"])
+        summary = fit(cfg)
+        yield cfg, summary, work
+    finally:
+        os.chdir(old)
+
+
+def test_training_beats_chance_clearly(trained):
+    cfg, summary, _ = trained
+    assert summary["best_val_macro_f1"] > 0.3  # chance is 1/7
+    log = [json.loads(line) for line in open(f"{summary['run_dir']}/train_log.jsonl")]
+    assert [r["epoch"] for r in log] == list(range(1, 9))
+    assert set(log[0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr",
+                           "epoch_seconds", "images_per_second"}
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+
+
+def test_run_folder_holds_config_checkpoints_and_tensorboard(trained):
+    cfg, summary, work = trained
+    run = work / summary["run_dir"]
+    assert {"config.yaml", "best.pt", "last.pt", "train_log.jsonl", "tb", "train_summary.json"} <= {
+        p.name for p in run.iterdir()}
+    assert load_saved(run / "config.yaml") == cfg
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert (run.parent / "latest").resolve() == run.resolve()
+
+
+def test_checkpoint_round_trip_gives_the_same_predictions(trained):
+    cfg, summary, work = trained
+    run = work / summary["run_dir"]
+    state = load_checkpoint(run / "best.pt")
+    assert state["epoch"] == summary["best_epoch"] and state["class_names"][0] == "angry"
+    model, cfg2, names, _ = model_from_checkpoint(run / "best.pt")
+    assert cfg2 == cfg and len(names) == 7
+    data = load_dataset(cfg.data).splits["test"]
+    x = torch.from_numpy(data.images[:16].copy()).float() / 255
+    with torch.no_grad():
+        a = model(x)
+        b = model_from_checkpoint(run / "best.pt")[0](x)
+    assert torch.equal(a, b)
+    s = evaluate_run(run, work / "report", dataset=load_dataset(cfg.data))
+    assert s["accuracy"] > 0.3 and s["n"] == len(data)
+
+
+def test_same_seed_same_metrics_on_cpu(in_tmp):
+    logs = []
+    for _ in range(2):
+        cfg = load_experiment(EXP, TINY + ["train.epochs=2", "data.synthfaces.n_per_class=12"])
+        run = fit(cfg)["run_dir"]
+        logs.append([{k: v for k, v in json.loads(line).items() if k not in ("epoch_seconds", "images_per_second")}
+                     for line in open(f"{run}/train_log.jsonl")])
+    assert logs[0] == logs[1]
+    cfg = load_experiment(EXP, TINY + ["train.epochs=2", "data.synthfaces.n_per_class=12", "run.seed=1"])
+    other = [json.loads(line)["train_loss"] for line in open(f"{fit(cfg)['run_dir']}/train_log.jsonl")]
+    assert other != [r["train_loss"] for r in logs[0]]
+
+
+def test_resume_continues_from_last_checkpoint(in_tmp):
+    cfg = load_experiment(EXP, TINY + ["train.epochs=2", "data.synthfaces.n_per_class=12"])
+    first = fit(cfg)
+    cfg.train.epochs = 3
+    resumed = fit(cfg, resume_from=f"{first['run_dir']}/last.pt")
+    log = [json.loads(line)["epoch"] for line in open(f"{resumed['run_dir']}/train_log.jsonl")]
+    assert log == [3] and resumed["epochs_run"] == 1
+
+
+def test_callback_sees_each_epoch_and_can_stop(in_tmp):
+    seen = []
+
+    def callback(metrics, checkpoint):
+        seen.append((metrics["epoch"], checkpoint.name, checkpoint.is_file()))
+        return metrics["epoch"] == 2
+
+    cfg = load_experiment(EXP, TINY + ["train.epochs=5", "data.synthfaces.n_per_class=12"])
+    summary = fit(cfg, callback=callback)
+    assert seen == [(1, "last.pt", True), (2, "last.pt", True)] and summary["epochs_run"] == 2
+
+
+def test_lr_schedule_warms_up_then_decays():
+    from xai_lab.config import TrainConfig
+
+    tc = TrainConfig(epochs=10, warmup_epochs=1, scheduler="cosine")
+    f = [lr_factor(s, 10, tc) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert np.all(np.diff(f[10:]) <= 1e-12) and f[-1] < 0.01
+    step = TrainConfig(epochs=10, warmup_epochs=0, scheduler="step", step_size=3, gamma=0.5)
+    assert [lr_factor(e * 10, 10, step) for e in (0, 2, 3, 6)] == [1.0, 1.0, 0.5, 0.25]

@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
         "dataloader_img_per_s": round(dataloader, 1),
         "ratio_vs_bare": round(project / bare, 3),
         "ratio_vs_dataloader": round(project / dataloader, 3),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"),
         "peak_gpu_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None,
         "settings": {"depth": args.depth, "input_size": args.input_size, "stem": args.stem,
                      "batch_size": args.batch_size, "augment_strength": args.strength, "steps": steps, "rounds": rounds,

@@ -29,8 +29,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from xai_lab.errors import UserError
 from xai_lab.atomic import atomic_write_text
+from xai_lab.errors import UserError
 
 # ---------------------------------------------------------------------------------------------
 # The sections. Field metadata: ``min``/``max`` bound numbers; ``help`` documents the key.
@@ -97,7 +97,7 @@ class ModelConfig:
     """A torchvision ResNet; see :mod:`xai_lab.models`."""
 
     depth: Literal[18, 34, 50] = 18
-    pretrained: Union[bool, str] = False  # true: torchvision ImageNet weights; or a path to a .pth
+    pretrained: bool | str = False  # true: torchvision ImageNet weights; or a path to a .pth
     input_size: int = _bounded(48, 16)  # batches are resized to this on the device
     stem: Literal["imagenet", "small"] = "imagenet"
 

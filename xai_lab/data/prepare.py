@@ -24,7 +24,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from xai_lab.atomic import atomic_write_json, atomic_write_with

@@ -127,7 +127,7 @@ def prepare(data: DataConfig, progress: bool = False) -> Path:
     table.insert(5, "height", [r[3] for r in rows])
     table.insert(6, "sha1", [r[4] for r in rows])
     images = np.stack([r[0] for r in rows])
-    masks = np.stack([r[1] for r in rows])[:, None] if all(r[1] is not None for r in rows) else None
+    masks = np.stack([r[1] for r in rows]) if all(r[1] is not None for r in rows) else None
 
     groups = table["subject"].to_numpy() if data.group_by_subject else None
     s = data.split

@@ -168,14 +168,18 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (), sm
         raise UserError(f"{path}: 'experiments' must name at least one base experiment (configs/experiments/*.yaml)")
     for ref in cfg.experiments:
         ref.config = str(_find_file(ref.config, path))
-        if smoke:
+        if smoke:  # the single-run smoke settings, except keys the space samples
             from xai_lab.cli import smoke_overrides
 
-            ref.overrides = smoke_overrides(ref.config) + ref.overrides
+            extra = [o for o in smoke_overrides(ref.config) if o.split("=", 1)[0] not in cfg.space]
+            ref.overrides = [*ref.overrides, *extra]
     _check_name(cfg.name)
     _check_resources(cfg)
     bases = base_experiments(cfg)
     check_space(cfg.space, bases)
+    if cfg.search.evaluate_base_first:
+        for base in bases.values():
+            base_point(cfg.space, base)
     return cfg
 
 

@@ -17,7 +17,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     cfg = load_sweep(args.config, args.overrides, smoke=args.smoke)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = args.address or os.environ.get("RAY_ADDRESS")
-    if not address:  # a local Ray stays on 127.0.0.1 (read by Ray when it is imported)
+    if not address or address.split(":")[0] in ("127.0.0.1", "localhost"):
+        # A local Ray, or a cluster on loopback: stay on 127.0.0.1 (Ray reads this when it is imported;
+        # otherwise it swaps 127.0.0.1 for the machine's interface address).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from sweeps.driver import check_results_folder, run_sweep, start_ray, sweep_paths
 

@@ -94,6 +94,10 @@ def start_ray(address: str | None, dashboard: bool, quiet: bool = False) -> str 
             ray.init(address=address, **common)
         except (ConnectionError, ValueError) as e:
             raise UserError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        total = ray.cluster_resources()
+        print(f"connected to the Ray cluster at {address}: {len(alive)} nodes, {total.get('CPU', 0):g} CPUs, "
+              f"{total.get('GPU', 0):g} GPUs", flush=True)
         return None
     ctx = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", **common)
     if dashboard and ctx.dashboard_url:

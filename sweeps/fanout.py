@@ -80,7 +80,7 @@ def _write(path: Path, data: bytes | str) -> None:
 
 def select_top(board, top_k: int):
     """The top-k finished trials (completed or pruned, with a checkpoint) of each dataset, by rank."""
-    ok = board[board["status"].isin(["completed", "pruned"]) & (board["checkpoint"].fillna("") != "")]
+    ok = board[board["status"].isin(["completed", "pruned"]) & (board["checkpoint"] != "")]
     return ok.sort_values(["dataset", "rank"]).groupby("dataset", sort=False).head(top_k)
 
 

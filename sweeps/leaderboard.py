@@ -109,5 +109,6 @@ def write_leaderboard(frames: list[pd.DataFrame], path: Path) -> Path:
 
 def read_leaderboard(path: Path) -> pd.DataFrame:
     """``leaderboard.csv`` as a DataFrame (``report`` and ``error`` as text)."""
-    return pd.read_csv(path, dtype={"report": str, "error": str, "trial_id": str}, keep_default_na=True).fillna(
-        {"report": "", "error": ""})
+    text = {"report": str, "error": str, "trial_id": str, "checkpoint": str, "trial_dir": str}
+    board = pd.read_csv(path, dtype=text)
+    return board.fillna({k: "" for k in text if k in board})

@@ -79,6 +79,50 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return w
 
 
+def train_steps(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    order: torch.Tensor,
+    steps: int,
+    cfg: ExperimentConfig,
+    generator: torch.Generator,
+    loss_weight: torch.Tensor | None = None,
+    on_step: Callable[[int], object] | None = None,
+) -> torch.Tensor:
+    """``steps`` optimisation steps over batches ``order[i*bs:(i+1)*bs]`` of the on-device data.
+
+    Args:
+        images: uint8 [N, C, H, W] on the training device.
+        targets: class indices [N] or label distributions [N, K] on the device.
+
+    Returns:
+        The summed loss as a device tensor (read it once, after the epoch).
+    """
+    tc = cfg.train
+    device = images.device
+    channels_last = device.type == "cuda" and tc.channels_last
+    loss_sum = torch.zeros((), device=device)
+    for i in range(steps):
+        idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
+        x = augment_batch(images[idx].float().div_(255), cfg.augment, generator)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, tc.amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), targets[idx], weight=loss_weight, label_smoothing=tc.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach()
+        if on_step is not None:
+            on_step(1)
+    return loss_sum
+
+
 def fit(
     cfg: ExperimentConfig,
     *,
@@ -155,22 +199,8 @@ def fit(
             model.train()
             t0 = time.perf_counter()
             order = epoch_indices(weights, len(train), gen)
-            loss_sum = torch.zeros((), device=device)
-            for i in range(steps_per_epoch):
-                idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
-                x = augment_batch(x_train[idx].float().div_(255), cfg.augment, gen)
-                if device.type == "cuda" and tc.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                target = soft_train[idx] if soft_train is not None else y_train[idx]
-                with autocast(device, tc.amp):
-                    logits = step_model(x)
-                loss = F.cross_entropy(logits.float(), target, weight=loss_weight, label_smoothing=tc.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                loss_sum += loss.detach()
-                bar.update(1)
+            loss_sum = train_steps(step_model, optimizer, scheduler, x_train, y_train if soft_train is None
+                                   else soft_train, order, steps_per_epoch, cfg, gen, loss_weight, on_step=bar.update)
             train_loss = float(loss_sum) / steps_per_epoch  # the epoch's one host sync
             epoch_seconds = time.perf_counter() - t0
             images_seen += steps_per_epoch * tc.batch_size

@@ -16,8 +16,15 @@ from xai_lab.atomic import atomic_write_with
 from xai_lab.explain.explainers import explain_batched
 
 
-def class_mean_maps(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, class_names: list[str],
-                    method: str, per_class: int, batch_size: int = 64) -> dict[str, np.ndarray]:
+def class_mean_maps(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    method: str,
+    per_class: int,
+    batch_size: int = 64,
+) -> dict[str, np.ndarray]:
     """Mean [H, W] map per class name, over the first ``per_class`` images of that class.
 
     Args:
@@ -48,6 +55,7 @@ def class_mean_maps(model: torch.nn.Module, images: np.ndarray, labels: np.ndarr
 
 def save_class_maps(path: Path, maps: dict[str, np.ndarray]) -> None:
     """``class_means.npz``: one array per class name."""
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
             np.savez_compressed(f, **maps)

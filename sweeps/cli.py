@@ -28,12 +28,15 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if url:
         print(f"Ray dashboard: {url}", flush=True)
     print(f"sweep {cfg.name}: results in {sweep_paths(cfg).results}", flush=True)
-    outcome = run_sweep(cfg, resume=args.resume, top=args.top, verbose=0 if args.quiet else 1,
-                        progress=not args.quiet)
+    outcome = run_sweep(
+        cfg, resume=args.resume, top=args.top, verbose=0 if args.quiet else 1, progress=not args.quiet
+    )
     print(f"leaderboard: {outcome.leaderboard}")
     if outcome.interrupted:
-        print(f"interrupted: state saved; carry on with xai-lab sweep --config {args.config} --resume",
-              file=sys.stderr)
+        print(
+            f"interrupted: state saved; carry on with xai-lab sweep --config {args.config} --resume",
+            file=sys.stderr,
+        )
         raise KeyboardInterrupt
     print(f"report: {outcome.index_html}")
     print(f"TensorBoard: tensorboard --logdir {outcome.paths.results}")

@@ -79,7 +79,8 @@ def write_comparison(results: Path) -> Path | None:
     configs = {d: _flatten(read_yaml(folder / "config.yaml")) for d, (_, folder) in best.items()}
     shared = shared_classes({d: s["class_names"] for d, s in summaries.items()})
     differing = sorted(
-        k for k in set().union(*configs.values())
+        k
+        for k in set().union(*configs.values())
         if not k.startswith(IGNORED_KEYS) and len({json.dumps(c.get(k)) for c in configs.values()}) > 1
     )
     rows = []
@@ -87,18 +88,26 @@ def write_comparison(results: Path) -> Path | None:
         per_class = {canonical_class(name): v for name, v in s["per_class"].items()}
         f1s = [per_class[c]["f1"] for c in shared]
         only = sorted({canonical_class(c) for c in s["class_names"]} - set(shared))
-        rows.append({
-            "dataset": d, "trial_id": best[d][0], "test_accuracy": s["accuracy"], "test_macro_f1": s["macro_f1"],
-            "shared_macro_f1": float(np.mean(f1s)) if f1s else float("nan"), "n_test": s["n"],
-            **{f"f1:{c}": per_class[c]["f1"] for c in shared},
-            "classes_not_shared": " ".join(only),
-            **{f"cfg:{k}": configs[d].get(k) for k in differing},
-        })
+        rows.append(
+            {
+                "dataset": d,
+                "trial_id": best[d][0],
+                "test_accuracy": s["accuracy"],
+                "test_macro_f1": s["macro_f1"],
+                "shared_macro_f1": float(np.mean(f1s)) if f1s else float("nan"),
+                "n_test": s["n"],
+                **{f"f1:{c}": per_class[c]["f1"] for c in shared},
+                "classes_not_shared": " ".join(only),
+                **{f"cfg:{k}": configs[d].get(k) for k in differing},
+            }
+        )
     table = pd.DataFrame(rows)
     csv = results / "comparison.csv"
     atomic_write_with(csv, lambda p: table.to_csv(p, index=False))
-    atomic_write_json(results / "comparison.json", {"shared_classes": shared, "differing_keys": differing,
-                                                    "datasets": list(best)})
+    atomic_write_json(
+        results / "comparison.json",
+        {"shared_classes": shared, "differing_keys": differing, "datasets": list(best)},
+    )
     _plot_f1(table, shared, results / "comparison.png")
     methods = sorted({p.parent.name for _, f in best.values() for p in f.glob("xai/*/class_means.npz")})
     for method in methods:
@@ -115,8 +124,13 @@ def _plot_f1(table: pd.DataFrame, shared: list[str], path: Path) -> None:
     for i, (_, row) in enumerate(table.iterrows()):
         values = [row[f"f1:{c}"] for c in shared] + [row["shared_macro_f1"]]
         xs = np.arange(len(labels)) + (i - (n - 1) / 2) * width
-        ax.bar(xs, values, width=width * 0.95, color=colors[i % 10],
-               label=f"{row['dataset']} (acc {row['test_accuracy']:.2f}, F1 {row['test_macro_f1']:.2f})")
+        ax.bar(
+            xs,
+            values,
+            width=width * 0.95,
+            color=colors[i % 10],
+            label=f"{row['dataset']} (acc {row['test_accuracy']:.2f}, F1 {row['test_macro_f1']:.2f})",
+        )
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("test F1")

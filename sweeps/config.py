@@ -43,7 +43,7 @@ from xai_lab.config import (
 )
 from xai_lab.errors import UserError
 
-Scalar = Union[bool, int, float, str]
+Scalar = Union[bool, int, float, str]  # noqa: UP007 - read by get_type_hints on 3.10
 
 
 @dataclass
@@ -100,8 +100,8 @@ class SchedulerConfig:
 class ResourcesConfig:
     """Per trial: CPUs and GPUs (fractions pack trials on a GPU); ``auto`` uses what Ray sees."""
 
-    cpu: Union[float, Literal["auto"]] = 1.0
-    gpu: Union[float, Literal["auto"]] = "auto"
+    cpu: float | Literal["auto"] = 1.0
+    gpu: float | Literal["auto"] = "auto"
 
 
 @dataclass
@@ -129,16 +129,27 @@ class SweepConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     fanout: FanoutConfig = field(default_factory=FanoutConfig)
-    max_failures: int = field(default=1, metadata={"min": 0})  # retries of a raising trial, from its checkpoint
+    max_failures: int = field(
+        default=1, metadata={"min": 0}
+    )  # retries of a raising trial, from its checkpoint
     storage: str = "ray_results"  # a folder (local or NFS) or a URI (s3://bucket/prefix)
 
 
-SMOKE_SWEEP = ["search.num_samples=2", "search.max_concurrent=2", "scheduler.max_epochs=1",
-               "scheduler.grace_period=1", "fanout.top_k=1", "fanout.num_each=2", "fanout.maps_per_class=4",
-               "fanout.eval_max_images=64"]
+SMOKE_SWEEP = [
+    "search.num_samples=2",
+    "search.max_concurrent=2",
+    "scheduler.max_epochs=1",
+    "scheduler.grace_period=1",
+    "fanout.top_k=1",
+    "fanout.num_each=2",
+    "fanout.maps_per_class=4",
+    "fanout.eval_max_images=64",
+]
 
 
-def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (), smoke: bool = False) -> SweepConfig:
+def load_sweep(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), smoke: bool = False
+) -> SweepConfig:
     """Read and check a sweep YAML.
 
     Args:
@@ -152,7 +163,10 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (), sm
     path = Path(path)
     raw = read_yaml(path)
     if not isinstance(raw, dict):
-        raise UserError(f"{path} must be a mapping with keys: {', '.join(f.name for f in dataclasses.fields(SweepConfig))}")
+        raise UserError(
+            f"{path} must be a mapping with keys: "
+            f"{', '.join(f.name for f in dataclasses.fields(SweepConfig))}"
+        )
     raw = copy.deepcopy(raw)
     raw["experiments"] = [{"config": e} if isinstance(e, str) else e for e in raw.get("experiments") or []]
     space = raw.pop("space", None) or {}
@@ -165,7 +179,9 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (), sm
     cfg.space = {str(key): _param_spec(str(key), spec) for key, spec in space.items()}
     cfg.name = cfg.name or path.stem
     if not cfg.experiments:
-        raise UserError(f"{path}: 'experiments' must name at least one base experiment (configs/experiments/*.yaml)")
+        raise UserError(
+            f"{path}: 'experiments' must name at least one base experiment (configs/experiments/*.yaml)"
+        )
     for ref in cfg.experiments:
         ref.config = str(_find_file(ref.config, path))
         if smoke:  # the single-run smoke settings, except keys the space samples
@@ -239,8 +255,10 @@ def base_experiments(cfg: SweepConfig) -> dict[str, ExperimentConfig]:
         exp = load_experiment(ref.config, [*ref.overrides, f"train.epochs={cfg.scheduler.max_epochs}"])
         exp.run.progress = False
         if exp.data.name in bases:
-            raise UserError(f"two experiments of sweep '{cfg.name}' use dataset '{exp.data.name}'; "
-                            "a sweep compares datasets: give each experiment its own")
+            raise UserError(
+                f"two experiments of sweep '{cfg.name}' use dataset '{exp.data.name}'; "
+                "a sweep compares datasets: give each experiment its own"
+            )
         bases[exp.data.name] = exp
     return bases
 
@@ -278,15 +296,18 @@ def check_space(space: dict[str, ParamSpec], bases: dict[str, ExperimentConfig])
         where = f"sweep key 'space.{key}'"
         section = key.split(".")[0]
         if section not in SECTIONS or "." not in key:
-            raise UserError(f"{where}: '{key}' is not an experiment key (section.key, sections: {', '.join(SECTIONS)})")
+            raise UserError(
+                f"{where}: '{key}' is not an experiment key (section.key, sections: {', '.join(SECTIONS)})"
+            )
         if spec.type == "categorical":
             if not spec.choices:
                 raise UserError(f"{where}: a categorical parameter needs 'choices'")
             values = list(spec.choices)
         else:
             if not spec.low < spec.high:
-                raise UserError(f"{where}: a {spec.type} parameter needs low < high, got low={spec.low}, "
-                                f"high={spec.high}")
+                raise UserError(
+                    f"{where}: a {spec.type} parameter needs low < high, got low={spec.low}, high={spec.high}"
+                )
             if spec.log and spec.low <= 0:
                 raise UserError(f"{where}: a log-scale parameter needs low > 0, got {spec.low}")
             if spec.type == "int" and not (float(spec.low).is_integer() and float(spec.high).is_integer()):
@@ -309,14 +330,19 @@ def check_space(space: dict[str, ParamSpec], bases: dict[str, ExperimentConfig])
                     raise UserError(f"{where}: the value {value!r} fails for {name}: {e}") from None
         for cond_key, cond_values in spec.when.items():
             if cond_key not in seen:
-                raise UserError(f"{where}: 'when' names '{cond_key}', which must be a parameter listed above it")
+                raise UserError(
+                    f"{where}: 'when' names '{cond_key}', which must be a parameter listed above it"
+                )
             parent = seen[cond_key]
             if parent.type != "categorical":
-                raise UserError(f"{where}: 'when' can only test categorical parameters; '{cond_key}' is {parent.type}")
+                raise UserError(
+                    f"{where}: 'when' can only test categorical parameters; '{cond_key}' is {parent.type}"
+                )
             for v in _as_list(cond_values):
                 if v not in parent.choices:
-                    raise UserError(f"{where}: 'when: {{{cond_key}: {v!r}}}' is not one of its choices "
-                                    f"{parent.choices}")
+                    raise UserError(
+                        f"{where}: 'when: {{{cond_key}: {v!r}}}' is not one of its choices {parent.choices}"
+                    )
         seen[key] = spec
 
 
@@ -344,8 +370,10 @@ def base_point(space: dict[str, ParamSpec], base: ExperimentConfig) -> dict[str,
         inside = (value in spec.choices) if spec.type == "categorical" else (spec.low <= value <= spec.high)
         if not inside:
             rng = spec.choices if spec.type == "categorical" else f"[{spec.low}, {spec.high}]"
-            raise UserError(f"the base value {key}={value!r} of {base.run.name} lies outside sweep key "
-                            f"'space.{key}' {rng}; widen the space or set search.evaluate_base_first=false")
+            raise UserError(
+                f"the base value {key}={value!r} of {base.run.name} lies outside sweep key "
+                f"'space.{key}' {rng}; widen the space or set search.evaluate_base_first=false"
+            )
         point[key] = value
     return point
 
@@ -369,7 +397,9 @@ class DefineByRun:
             if spec.type == "categorical":
                 chosen[key] = trial.suggest_categorical(key, list(spec.choices))
             elif spec.type == "int":
-                chosen[key] = trial.suggest_int(key, int(spec.low), int(spec.high), step=spec.step, log=spec.log)
+                chosen[key] = trial.suggest_int(
+                    key, int(spec.low), int(spec.high), step=spec.step, log=spec.log
+                )
             else:
                 chosen[key] = trial.suggest_float(key, float(spec.low), float(spec.high), log=spec.log)
         return None

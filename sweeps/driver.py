@@ -52,7 +52,9 @@ def sweep_paths(cfg: SweepConfig) -> SweepPaths:
     """Local storage: everything under ``<storage>/<name>``. A URI (``s3://``): Tune writes there,
     the driver keeps the leaderboard and reports in ``ray_results/<name>``."""
     if "://" in cfg.storage:
-        return SweepPaths(storage=f"{cfg.storage.rstrip('/')}/{cfg.name}", results=Path("ray_results") / cfg.name)
+        return SweepPaths(
+            storage=f"{cfg.storage.rstrip('/')}/{cfg.name}", results=Path("ray_results") / cfg.name
+        )
     root = Path(cfg.storage).expanduser().resolve() / cfg.name
     return SweepPaths(storage=str(root), results=root)
 
@@ -62,16 +64,22 @@ def check_results_folder(cfg: SweepConfig, paths: SweepPaths, resume: bool) -> N
     saved = paths.results / "sweep.yaml"
     if not resume:
         if saved.exists() or (paths.results.exists() and any(paths.results.iterdir())):
-            raise UserError(f"{paths.results} already holds a sweep; pass --resume to carry on with it, "
-                            f"or give this one another name (name=NEW)")
+            raise UserError(
+                f"{paths.results} already holds a sweep; pass --resume to carry on with it, "
+                f"or give this one another name (name=NEW)"
+            )
         return
     if not saved.is_file():
-        raise UserError(f"nothing to resume: {saved} does not exist (run without --resume to start the sweep)")
+        raise UserError(
+            f"nothing to resume: {saved} does not exist (run without --resume to start the sweep)"
+        )
     before, now = read_yaml(saved), sweep_to_dict(cfg)
     for key in ("experiments", "space", "search", "scheduler", "max_failures", "storage"):
         if before.get(key) != now.get(key):
-            raise UserError(f"--resume: sweep key '{key}' differs from the saved {saved}; a resumed sweep must "
-                            "search the same space (only fanout and resources may change)")
+            raise UserError(
+                f"--resume: sweep key '{key}' differs from the saved {saved}; a resumed sweep must "
+                "search the same space (only fanout and resources may change)"
+            )
 
 
 def start_ray(address: str | None, dashboard: bool, quiet: bool = False) -> str | None:
@@ -93,11 +101,16 @@ def start_ray(address: str | None, dashboard: bool, quiet: bool = False) -> str 
         try:
             ray.init(address=address, **common)
         except (ConnectionError, ValueError) as e:
-            raise UserError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+            raise UserError(
+                f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}"
+            ) from None
         alive = [n for n in ray.nodes() if n.get("Alive")]
         total = ray.cluster_resources()
-        print(f"connected to the Ray cluster at {address}: {len(alive)} nodes, {total.get('CPU', 0):g} CPUs, "
-              f"{total.get('GPU', 0):g} GPUs", flush=True)
+        print(
+            f"connected to the Ray cluster at {address}: {len(alive)} nodes, {total.get('CPU', 0):g} CPUs, "
+            f"{total.get('GPU', 0):g} GPUs",
+            flush=True,
+        )
         return None
     ctx = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", **common)
     if dashboard and ctx.dashboard_url:
@@ -130,11 +143,19 @@ def _search_alg(cfg: SweepConfig, base):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    sampler = optuna.samplers.TPESampler(seed=cfg.search.seed, multivariate=cfg.search.multivariate,
-                                         n_startup_trials=cfg.search.n_startup_trials)
+    sampler = optuna.samplers.TPESampler(
+        seed=cfg.search.seed,
+        multivariate=cfg.search.multivariate,
+        n_startup_trials=cfg.search.n_startup_trials,
+    )
     points = [base_point(cfg.space, base)] if cfg.search.evaluate_base_first else None
-    return OptunaSearch(space=DefineByRun(cfg.space), metric=cfg.search.metric, mode=cfg.search.mode,
-                        points_to_evaluate=points, sampler=sampler)
+    return OptunaSearch(
+        space=DefineByRun(cfg.space),
+        metric=cfg.search.metric,
+        mode=cfg.search.mode,
+        points_to_evaluate=points,
+        sampler=sampler,
+    )
 
 
 def _scheduler(cfg: SweepConfig):
@@ -143,13 +164,27 @@ def _scheduler(cfg: SweepConfig):
     s = cfg.scheduler
     if s.type == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="training_iteration", metric=cfg.search.metric, mode=cfg.search.mode,
-                         max_t=s.max_epochs, grace_period=min(s.grace_period, s.max_epochs),
-                         reduction_factor=s.reduction_factor)
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=cfg.search.metric,
+        mode=cfg.search.mode,
+        max_t=s.max_epochs,
+        grace_period=min(s.grace_period, s.max_epochs),
+        reduction_factor=s.reduction_factor,
+    )
 
 
-def run_tuner(cfg: SweepConfig, paths: SweepPaths, dataset_name: str, base, dataset, *, resume: bool,
-              trainable: Callable = train_trial, verbose: int = 1):
+def run_tuner(
+    cfg: SweepConfig,
+    paths: SweepPaths,
+    dataset_name: str,
+    base,
+    dataset,
+    *,
+    resume: bool,
+    trainable: Callable = train_trial,
+    verbose: int = 1,
+):
     """Run (or resume) the Tune experiment of one dataset; returns its ResultGrid."""
     resources = trial_resources(cfg)
     fn = tune.with_resources(tune.with_parameters(trainable, base=to_dict(base), dataset=dataset), resources)
@@ -160,9 +195,12 @@ def run_tuner(cfg: SweepConfig, paths: SweepPaths, dataset_name: str, base, data
     else:
         tuner = tune.Tuner(
             fn,
-            tune_config=tune.TuneConfig(search_alg=_search_alg(cfg, base), scheduler=_scheduler(cfg),
-                                        num_samples=cfg.search.num_samples,
-                                        max_concurrent_trials=cfg.search.max_concurrent),
+            tune_config=tune.TuneConfig(
+                search_alg=_search_alg(cfg, base),
+                scheduler=_scheduler(cfg),
+                num_samples=cfg.search.num_samples,
+                max_concurrent_trials=cfg.search.max_concurrent,
+            ),
             run_config=tune.RunConfig(
                 name=dataset_name,
                 storage_path=paths.storage,
@@ -184,8 +222,15 @@ class SweepOutcome:
     index_html: Path | None = None
 
 
-def run_sweep(cfg: SweepConfig, *, resume: bool = False, top: int | None = None, trainable: Callable = train_trial,
-              verbose: int = 1, progress: bool = True) -> SweepOutcome:
+def run_sweep(
+    cfg: SweepConfig,
+    *,
+    resume: bool = False,
+    top: int | None = None,
+    trainable: Callable = train_trial,
+    verbose: int = 1,
+    progress: bool = True,
+) -> SweepOutcome:
     """Run the whole sweep on the connected Ray: tune each dataset, then leaderboard, fan-out,
     comparison and report.
 
@@ -213,8 +258,9 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, top: int | None = None,
 
     frames, interrupted = [], False
     for name, base in bases.items():
-        results = run_tuner(cfg, paths, name, base, datasets[name], resume=resume, trainable=trainable,
-                            verbose=verbose)
+        results = run_tuner(
+            cfg, paths, name, base, datasets[name], resume=resume, trainable=trainable, verbose=verbose
+        )
         board, unfinished = build_leaderboard(results.experiment_path, name, cfg)
         frames.append(board)
         if unfinished:

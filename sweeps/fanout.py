@@ -61,17 +61,30 @@ def report_trial(job: ReportJob, dataset: Dataset) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory(prefix="xai-fanout-") as tmp:
         run_dir = Path(Checkpoint(job.checkpoint).to_directory(str(Path(tmp) / "run")))
         report = Path(tmp) / "report"
-        evaluate_run(run_dir, report, dataset=dataset, split=job.split, max_images=job.eval_max_images or None)
+        evaluate_run(
+            run_dir, report, dataset=dataset, split=job.split, max_images=job.eval_max_images or None
+        )
         plot_run(run_dir, report)
-        explain_run(run_dir, report, split=job.split, num_each=job.num_each, methods=job.methods, dataset=dataset)
+        explain_run(
+            run_dir, report, split=job.split, num_each=job.num_each, methods=job.methods, dataset=dataset
+        )
         model, cfg, class_names, _ = model_from_checkpoint(run_dir / "best.pt", "cpu")
         model.to(resolve_device(cfg.run.device))
         data = dataset.splits[job.split]
         for method in job.methods:
-            maps = class_mean_maps(model, data.images, data.labels, class_names, method, job.maps_per_class,
-                                   cfg.explain.batch_size)
+            maps = class_mean_maps(
+                model,
+                data.images,
+                data.labels,
+                class_names,
+                method,
+                job.maps_per_class,
+                cfg.explain.batch_size,
+            )
             save_class_maps(report / "xai" / method / "class_means.npz", maps)
-        return {p.relative_to(report).as_posix(): p.read_bytes() for p in sorted(report.rglob("*")) if p.is_file()}
+        return {
+            p.relative_to(report).as_posix(): p.read_bytes() for p in sorted(report.rglob("*")) if p.is_file()
+        }
 
 
 def _write(path: Path, data: bytes | str) -> None:
@@ -91,8 +104,14 @@ def _methods(fanout: FanoutConfig) -> list[str]:
     return check_methods(list(fanout.methods) or list_explainers())
 
 
-def run_fanout(cfg: SweepConfig, results: Path, bases: dict, datasets: dict[str, Dataset], top_k: int,
-               progress: bool = True) -> dict[tuple[str, str], str]:
+def run_fanout(
+    cfg: SweepConfig,
+    results: Path,
+    bases: dict,
+    datasets: dict[str, Dataset],
+    top_k: int,
+    progress: bool = True,
+) -> dict[tuple[str, str], str]:
     """Run the report tasks of the top-k trials of each dataset and record how each went.
 
     Returns:
@@ -107,13 +126,21 @@ def run_fanout(cfg: SweepConfig, results: Path, bases: dict, datasets: dict[str,
     chosen = select_top(board, top_k)
     methods = _methods(cfg.fanout)
     refs = {name: ray.put(ds) for name, ds in datasets.items() if name in set(chosen["dataset"])}
-    task = ray.remote(report_trial).options(num_cpus=cfg.fanout.cpu, num_gpus=cfg.fanout.gpu, max_retries=0,
-                                            name="xai-lab-report")
+    task = ray.remote(report_trial).options(
+        num_cpus=cfg.fanout.cpu, num_gpus=cfg.fanout.gpu, max_retries=0, name="xai-lab-report"
+    )
     pending = {}
     for row in chosen.itertuples():
-        job = ReportJob(dataset=row.dataset, trial_id=row.trial_id, checkpoint=row.checkpoint, methods=methods,
-                        split=cfg.fanout.split, num_each=cfg.fanout.num_each,
-                        maps_per_class=cfg.fanout.maps_per_class, eval_max_images=cfg.fanout.eval_max_images)
+        job = ReportJob(
+            dataset=row.dataset,
+            trial_id=row.trial_id,
+            checkpoint=row.checkpoint,
+            methods=methods,
+            split=cfg.fanout.split,
+            num_each=cfg.fanout.num_each,
+            maps_per_class=cfg.fanout.maps_per_class,
+            eval_max_images=cfg.fanout.eval_max_images,
+        )
         pending[task.remote(job, refs[row.dataset])] = job
     outcome: dict[tuple[str, str], str] = {}
     bar = tqdm(total=len(pending), desc="reports", unit="trial", disable=not progress, dynamic_ncols=True)
@@ -139,7 +166,9 @@ def run_fanout(cfg: SweepConfig, results: Path, bases: dict, datasets: dict[str,
             bar.set_postfix(failed=sum(v != "ok" for v in outcome.values()))
     finally:
         bar.close()
-    board["report"] = [outcome.get((d, t), "") for d, t in zip(board["dataset"], board["trial_id"])]
+    board["report"] = [
+        outcome.get((d, t), "") for d, t in zip(board["dataset"], board["trial_id"], strict=True)
+    ]
     write_leaderboard([board], board_path)
     return outcome
 

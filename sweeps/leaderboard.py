@@ -1,6 +1,7 @@
 """``leaderboard.csv``: one row per trial of every dataset, best first within each dataset.
 
-Columns: ``dataset``, ``rank`` (by ``score``, the best value of the sweep's metric), ``score``, ``trial_id``, ``status`` (completed, pruned: stopped early by
+Columns: ``dataset``, ``rank`` (by ``score``, the best value of the sweep's metric), ``score``,
+``trial_id``, ``status`` (completed, pruned: stopped early by
 ASHA; error; or Tune's status for an unfinished trial), ``base`` (the base config), one
 column per space key (``model.depth``, ...; empty where a conditional key was not
 sampled), best and final validation metrics, ``epochs_run``, ``wall_seconds``,
@@ -17,8 +18,16 @@ import pandas as pd
 from sweeps.config import SweepConfig
 from xai_lab.atomic import atomic_write_with
 
-METRIC_COLUMNS = ["best_val_macro_f1", "best_epoch", "final_val_macro_f1", "final_val_accuracy", "final_val_loss",
-                  "epochs_run", "wall_seconds", "images_per_second"]
+METRIC_COLUMNS = [
+    "best_val_macro_f1",
+    "best_epoch",
+    "final_val_macro_f1",
+    "final_val_accuracy",
+    "final_val_loss",
+    "epochs_run",
+    "wall_seconds",
+    "images_per_second",
+]
 
 
 def _error_line(trial) -> str:
@@ -94,8 +103,9 @@ def build_leaderboard(experiment_path: str, dataset: str, cfg: SweepConfig) -> t
         rows[0]["base"] = True  # points_to_evaluate: the base config is the first trial
     board = pd.DataFrame(rows)
     if not board.empty:
-        board = board.sort_values("score", ascending=(mode == "min"), na_position="last",
-                                  kind="stable").reset_index(drop=True)
+        board = board.sort_values(
+            "score", ascending=(mode == "min"), na_position="last", kind="stable"
+        ).reset_index(drop=True)
         board.insert(1, "rank", range(1, len(board) + 1))
     return board, unfinished
 

@@ -43,7 +43,9 @@ def _fmt(value, digits: int = 3) -> str:
 
 def check_sweep_dir(sweep: Path) -> None:
     if not (sweep / "leaderboard.csv").is_file():
-        raise UserError(f"{sweep} is not a finished sweep (no leaderboard.csv); pass --sweep ray_results/<sweep>")
+        raise UserError(
+            f"{sweep} is not a finished sweep (no leaderboard.csv); pass --sweep ray_results/<sweep>"
+        )
 
 
 def select_reported(board: pd.DataFrame, top: int | None) -> pd.DataFrame:
@@ -70,7 +72,9 @@ def build_report(sweep: str | Path, top: int | None = None, out: str | Path | No
     dest = Path(out) if out else sweep
     if dest.resolve() != sweep.resolve():
         if dest.exists() and any(dest.iterdir()) and not (dest / "index.html").is_file():
-            raise UserError(f"--out {dest} exists and is not an xai-lab report folder; choose a new or empty folder")
+            raise UserError(
+                f"--out {dest} exists and is not an xai-lab report folder; choose a new or empty folder"
+            )
         _copy_reports(sweep, dest, chosen)
     page = render(dest, board, chosen)
     index = dest / "index.html"
@@ -96,10 +100,12 @@ def _copy_reports(sweep: Path, dest: Path, chosen: pd.DataFrame) -> None:
 # ---------------------------------------------------------------------------------------------
 
 CSS = """
-:root{--ink:#1d2433;--muted:#5b6475;--line:#e3e7ee;--bg:#f6f8fb;--card:#fff;--accent:#2f6fdb;--good:#1f8a4c;
+:root{--ink:#1d2433;--muted:#5b6475;--line:#e3e7ee;--bg:#f6f8fb;--card:#fff;--accent:#2f6fdb;
+--good:#1f8a4c;
 --bad:#c0392b;--warn:#b7791f}
 *{box-sizing:border-box}
-body{margin:0;font:15px/1.5 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
+body{margin:0;
+font:15px/1.5 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
 color:var(--ink);background:var(--bg)}
 header{background:linear-gradient(120deg,#1d2a4d,#2f6fdb);color:#fff;padding:28px 40px 22px}
 header h1{margin:0 0 4px;font-size:26px;font-weight:650;letter-spacing:-.01em}
@@ -109,19 +115,22 @@ display:flex;gap:18px;flex-wrap:wrap;font-size:14px}
 nav a{color:var(--ink);text-decoration:none;font-weight:550}nav a:hover{color:var(--accent)}
 main{max-width:1280px;margin:0 auto;padding:24px 40px 60px}
 h2{font-size:20px;margin:34px 0 12px;padding-bottom:6px;border-bottom:2px solid var(--line)}
-h3{font-size:17px;margin:22px 0 8px}h4{font-size:14px;margin:16px 0 6px;color:var(--muted);text-transform:uppercase;
+h3{font-size:17px;margin:22px 0 8px}h4{font-size:14px;margin:16px 0 6px;color:var(--muted);
+text-transform:uppercase;
 letter-spacing:.04em}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:16px}
 .card{background:var(--card);border:1px solid var(--line);border-radius:12px;padding:16px 18px;
 box-shadow:0 1px 2px rgba(20,30,60,.04)}
 .card .ds{font-size:13px;color:var(--muted);text-transform:uppercase;letter-spacing:.05em}
-.card .big{font-size:30px;font-weight:700;margin:2px 0}.card .big small{font-size:14px;color:var(--muted);
+.card .big{font-size:30px;font-weight:700;margin:2px 0}.card .big small{font-size:14px;
+color:var(--muted);
 font-weight:500}
 .card a{color:var(--accent)}
 .kv{display:flex;flex-wrap:wrap;gap:6px;margin-top:8px}
 .kv span{background:#eef3fc;border-radius:999px;padding:2px 9px;font-size:12.5px}
 .kv span.diff{background:#fff2d6}
-table{border-collapse:collapse;background:#fff;border:1px solid var(--line);border-radius:10px;overflow:hidden;
+table{border-collapse:collapse;background:#fff;border:1px solid var(--line);border-radius:10px;
+overflow:hidden;
 font-size:13.5px;width:100%}
 th,td{padding:6px 10px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
 th{background:#f0f3f8;font-weight:600;cursor:pointer;user-select:none;position:sticky;top:0}
@@ -131,7 +140,8 @@ tr.reported td{background:#f4f8ff}tr.failed td{background:#fdf0ee}
 .status{font-size:12px;border-radius:999px;padding:1px 8px}
 .s-completed{background:#e3f5ea;color:var(--good)}.s-pruned{background:#f2f2f2;color:var(--muted)}
 .s-error,.s-failed{background:#fbe3e0;color:var(--bad)}
-.bar{display:inline-block;height:8px;border-radius:4px;background:var(--accent);vertical-align:middle;margin-left:6px}
+.bar{display:inline-block;height:8px;border-radius:4px;background:var(--accent);
+vertical-align:middle;margin-left:6px}
 .figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(290px,1fr));gap:12px}
 .figs img,.wide img{width:100%;background:#fff;border:1px solid var(--line);border-radius:8px}
 .wide{max-width:980px}
@@ -139,7 +149,8 @@ tr.reported td{background:#f4f8ff}tr.failed td{background:#fdf0ee}
 .gallery figure{margin:0;background:#fff;border:1px solid var(--line);border-radius:8px;padding:4px}
 .gallery img{width:100%}
 .gallery figcaption{font-size:12px;color:var(--muted);padding:0 4px 2px}
-.trial{background:var(--card);border:1px solid var(--line);border-radius:14px;padding:6px 22px 18px;margin:18px 0}
+.trial{background:var(--card);border:1px solid var(--line);border-radius:14px;padding:6px 22px 18px;
+margin:18px 0}
 .error{background:#fdf0ee;border:1px solid #f3c5bf;color:var(--bad);padding:10px 14px;border-radius:8px;
 font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px;white-space:pre-wrap}
 .note{color:var(--muted);font-size:13.5px}
@@ -153,7 +164,8 @@ document.querySelectorAll('table.sortable th').forEach(function(th, col){
   th.addEventListener('click', function(){
     var tb = th.closest('table').tBodies[0], rows = Array.from(tb.rows), asc = th.dataset.asc !== '1';
     rows.sort(function(a, b){
-      var x = a.cells[col].dataset.v || a.cells[col].textContent, y = b.cells[col].dataset.v || b.cells[col].textContent;
+      var x = a.cells[col].dataset.v || a.cells[col].textContent;
+      var y = b.cells[col].dataset.v || b.cells[col].textContent;
       var nx = parseFloat(x), ny = parseFloat(y);
       var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
       return asc ? c : -c;
@@ -162,7 +174,8 @@ document.querySelectorAll('table.sortable th').forEach(function(th, col){
   });
 });
 window.addEventListener('load', function(){
-  var imgs = Array.from(document.images), broken = imgs.filter(function(i){ return !(i.complete && i.naturalWidth > 0); });
+  var imgs = Array.from(document.images);
+  var broken = imgs.filter(function(i){ return !(i.complete && i.naturalWidth > 0); });
   broken.forEach(function(i){ i.classList.add('broken'); i.alt = 'missing: ' + i.getAttribute('src'); });
   document.body.dataset.images = imgs.length; document.body.dataset.broken = broken.length;
   document.body.dataset.brokenSrc = broken.map(function(i){ return i.getAttribute('src'); }).join(' ');
@@ -195,8 +208,10 @@ def render(dest: Path, board: pd.DataFrame, chosen: pd.DataFrame) -> str:
         f"<header><h1>Sweep <em>{_e(name)}</em></h1><p>{len(board)} trials over {len(datasets)} dataset(s) "
         f"({_e(', '.join(datasets))}): {_e(summary)}. Ranked by best {_e(metric)} on the validation split; "
         f"test metrics come from each trial's best checkpoint.</p></header>",
-        "<nav><a href='#best'>Best models</a><a href='#comparison'>Comparison</a><a href='#leaderboard'>Leaderboard</a>"
-        + "".join(f"<a href='#ds-{_e(d)}'>{_e(d)}</a>" for d in datasets) + "</nav><main>",
+        "<nav><a href='#best'>Best models</a><a href='#comparison'>Comparison</a>"
+        "<a href='#leaderboard'>Leaderboard</a>"
+        + "".join(f"<a href='#ds-{_e(d)}'>{_e(d)}</a>" for d in datasets)
+        + "</nav><main>",
     ]
     parts.append(_best_cards(dest, chosen, space))
     parts.append(_comparison(dest))
@@ -210,8 +225,10 @@ def render(dest: Path, board: pd.DataFrame, chosen: pd.DataFrame) -> str:
         base_row = base.iloc[0] if not base.empty else None
         for row in rows.itertuples():
             parts.append(_trial_section(dest, row._asdict(), board.loc[row.Index], space, base_row))
-    parts.append(f"</main><footer>xai-lab · generated {time.strftime('%Y-%m-%d %H:%M')} · "
-                 f"<a href='leaderboard.csv'>leaderboard.csv</a></footer><script>{SCRIPT}</script></body></html>")
+    parts.append(
+        f"</main><footer>xai-lab · generated {time.strftime('%Y-%m-%d %H:%M')} · "
+        f"<a href='leaderboard.csv'>leaderboard.csv</a></footer><script>{SCRIPT}</script></body></html>"
+    )
     return "\n".join(parts)
 
 
@@ -227,8 +244,10 @@ def _params(row, space: list[str], base_row=None) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             continue
         diff = base_row is not None and str(base_row[key]) != str(value)
-        spans.append(f"<span class='{'diff' if diff else ''}' title='{_e(key)}'>{_e(key.split('.')[-1])} "
-                     f"<b>{_e(_fmt(value, 4))}</b></span>")
+        spans.append(
+            f"<span class='{'diff' if diff else ''}' title='{_e(key)}'>{_e(key.split('.')[-1])} "
+            f"<b>{_e(_fmt(value, 4))}</b></span>"
+        )
     return f"<div class='kv'>{''.join(spans)}</div>"
 
 
@@ -246,7 +265,9 @@ def _best_cards(dest: Path, chosen: pd.DataFrame, space: list[str]) -> str:
             f"<div>test accuracy <b>{_fmt(s.get('accuracy'))}</b> on {_e(s.get('n', '–'))} images · "
             f"val {_fmt(row['score'])}</div>"
             f"<div class='note'>trial <a href='#t-{_e(d)}-{_e(row['trial_id'])}'>{_e(row['trial_id'])}</a>, "
-            f"{_e(row['epochs_run'])} epochs, {_fmt(row['wall_seconds'], 0)} s</div>{_params(row, space)}</div>")
+            f"{_e(row['epochs_run'])} epochs, {_fmt(row['wall_seconds'], 0)} s</div>"
+            f"{_params(row, space)}</div>"
+        )
     out.append("</div>")
     if len(out) == 2:
         out.insert(1, "<p class='note'>No trial has a report yet.</p>")
@@ -261,42 +282,73 @@ def _comparison(dest: Path) -> str:
     info = json.loads(info_f.read_text()) if info_f.is_file() else {}
     table = pd.read_csv(csv_f)
     shared = info.get("shared_classes", [])
-    out.append(f"<p class='note'>The best trial of each dataset, compared on the {len(shared)} classes they share: "
-               f"{_e(', '.join(shared))}.")
+    out.append(
+        f"<p class='note'>The best trial of each dataset, compared on the {len(shared)} classes they share: "
+        f"{_e(', '.join(shared))}."
+    )
     not_shared = table.get("classes_not_shared")
     if not_shared is not None and not_shared.fillna("").astype(str).str.len().sum():
-        extra = "; ".join(f"{d}: {c}" for d, c in zip(table["dataset"], not_shared.fillna("")) if c)
+        extra = "; ".join(
+            f"{d}: {c}" for d, c in zip(table["dataset"], not_shared.fillna(""), strict=True) if c
+        )
         out.append(f" Left out (not in every dataset): {_e(extra)}.")
     out.append("</p>")
     cols = [c for c in table.columns if c not in ("classes_not_shared",)]
-    out.append("<div class='scroll'><table><thead><tr>" + "".join(
-        f"<th class='{'l' if i == 0 else ''}'>{_e(c.replace('f1:', 'F1 ').replace('cfg:', ''))}</th>"
-        for i, c in enumerate(cols)) + "</tr></thead><tbody>")
+    out.append(
+        "<div class='scroll'><table><thead><tr>"
+        + "".join(
+            f"<th class='{'l' if i == 0 else ''}'>{_e(c.replace('f1:', 'F1 ').replace('cfg:', ''))}</th>"
+            for i, c in enumerate(cols)
+        )
+        + "</tr></thead><tbody>"
+    )
     for _, r in table.iterrows():
         out.append("<tr>" + "".join(f"<td>{_e(_fmt(r[c]))}</td>" for c in cols) + "</tr>")
     out.append("</tbody></table></div>")
     if info.get("differing_keys"):
-        out.append(f"<p class='note'>How the best configs differ: {_e(', '.join(info['differing_keys']))} "
-                   "(columns on the right).</p>")
+        out.append(
+            f"<p class='note'>How the best configs differ: {_e(', '.join(info['differing_keys']))} "
+            "(columns on the right).</p>"
+        )
     if (dest / "comparison.png").is_file():
         out.append(f"<div class='wide'>{_img('comparison.png', 'per-class F1 per dataset')}</div>")
     for png in sorted(dest.glob("comparison_*.png")):
         method = png.stem.removeprefix("comparison_")
-        out.append(f"<h4>{_e(method)}: mean map per class</h4><div class='wide'>{_img(png.name, method)}</div>")
+        out.append(
+            f"<h4>{_e(method)}: mean map per class</h4><div class='wide'>{_img(png.name, method)}</div>"
+        )
     return "".join(out)
 
 
 def _leaderboard(board: pd.DataFrame, space: list[str]) -> str:
     if board.empty:
         return "<h2 id='leaderboard'>Leaderboard</h2><p class='note'>No trials.</p>"
-    cols = ["dataset", "rank", "trial_id", "status", "score", *space, "best_epoch", "epochs_run", "wall_seconds",
-            "images_per_second", "report"]
+    cols = [
+        "dataset",
+        "rank",
+        "trial_id",
+        "status",
+        "score",
+        *space,
+        "best_epoch",
+        "epochs_run",
+        "wall_seconds",
+        "images_per_second",
+        "report",
+    ]
     top = board["score"].max() if board["score"].notna().any() else 1.0
-    out = ["<h2 id='leaderboard'>Leaderboard</h2><p class='note'>Every trial; click a heading to sort. Highlighted: "
-           "reported trials (click the id for details). <a href='leaderboard.csv'>leaderboard.csv</a></p>",
-           "<div class='scroll'><table class='sortable'><thead><tr>"
-           + "".join(f"<th class='{'l' if c in ('dataset', 'trial_id', 'status', 'report') else ''}'>"
-                     f"{_e(c.split('.')[-1] if '.' in c else c)}</th>" for c in cols) + "</tr></thead><tbody>"]
+    out = [
+        "<h2 id='leaderboard'>Leaderboard</h2><p class='note'>Every trial; click a heading to sort. "
+        "Highlighted: "
+        "reported trials (click the id for details). <a href='leaderboard.csv'>leaderboard.csv</a></p>",
+        "<div class='scroll'><table class='sortable'><thead><tr>"
+        + "".join(
+            f"<th class='{'l' if c in ('dataset', 'trial_id', 'status', 'report') else ''}'>"
+            f"{_e(c.split('.')[-1] if '.' in c else c)}</th>"
+            for c in cols
+        )
+        + "</tr></thead><tbody>",
+    ]
     for _, r in board.iterrows():
         rep = str(r.get("report") or "")
         cls = "failed" if rep.startswith("failed") or r["status"] == "error" else ("reported" if rep else "")
@@ -312,26 +364,37 @@ def _leaderboard(board: pd.DataFrame, space: list[str]) -> str:
                 cells.append(f"<td class='l'>{_status(rep) if rep else ''}</td>")
             elif c == "score":
                 width = 0 if pd.isna(v) or not top else max(0.0, 60 * float(v) / float(top))
-                cells.append(f"<td data-v='{_e(v)}'>{_fmt(v)}<span class='bar' style='width:{width:.0f}px'></span></td>")
+                cells.append(
+                    f"<td data-v='{_e(v)}'>{_fmt(v)}"
+                    f"<span class='bar' style='width:{width:.0f}px'></span></td>"
+                )
             else:
-                cells.append(f"<td class='{'l' if c == 'dataset' else ''}' data-v='{_e(v)}'>{_e(_fmt(v, 4))}</td>")
+                cells.append(
+                    f"<td class='{'l' if c == 'dataset' else ''}' data-v='{_e(v)}'>{_e(_fmt(v, 4))}</td>"
+                )
         out.append(f"<tr class='{cls}'>{''.join(cells)}</tr>")
     out.append("</tbody></table></div>")
     errors = board[board["error"].fillna("") != ""]
     for _, r in errors.iterrows():
-        out.append(f"<p class='note'>{_e(r['dataset'])}/{_e(r['trial_id'])} failed in training:</p>"
-                   f"<div class='error'>{_e(r['error'])}</div>")
+        out.append(
+            f"<p class='note'>{_e(r['dataset'])}/{_e(r['trial_id'])} failed in training:</p>"
+            f"<div class='error'>{_e(r['error'])}</div>"
+        )
     return "".join(out)
 
 
 def _trial_section(dest: Path, row: dict, full_row, space: list[str], base_row) -> str:
     d, t = row["dataset"], row["trial_id"]
     folder = f"reports/{d}/{t}"
-    out = [f"<section class='trial' id='t-{_e(d)}-{_e(t)}'><h3>#{_e(row['rank'])} · {_e(t)} "
-           f"{_status(row['report'] if row['report'] != 'ok' else row['status'])}</h3>",
-           f"<div class='note'>best val {_fmt(row['score'])} at epoch {_e(row['best_epoch'])} of "
-           f"{_e(row['epochs_run'])} · {_fmt(row['wall_seconds'], 0)} s · {_fmt(row['images_per_second'], 0)} img/s"
-           " · highlighted: differs from the base config</div>", _params(full_row, space, base_row)]
+    out = [
+        f"<section class='trial' id='t-{_e(d)}-{_e(t)}'><h3>#{_e(row['rank'])} · {_e(t)} "
+        f"{_status(row['report'] if row['report'] != 'ok' else row['status'])}</h3>",
+        f"<div class='note'>best val {_fmt(row['score'])} at epoch {_e(row['best_epoch'])} of "
+        f"{_e(row['epochs_run'])} · {_fmt(row['wall_seconds'], 0)} s · "
+        f"{_fmt(row['images_per_second'], 0)} img/s"
+        " · highlighted: differs from the base config</div>",
+        _params(full_row, space, base_row),
+    ]
     error = dest / folder / "error.txt"
     if str(row["report"]).startswith("failed"):
         text = error.read_text() if error.is_file() else row["report"]
@@ -339,18 +402,29 @@ def _trial_section(dest: Path, row: dict, full_row, space: list[str], base_row) 
         return "".join(out)
     s = _summary(dest, d, t)
     if s:
-        out.append(f"<h4>test metrics ({_e(s.get('split', 'test'))}, n={_e(s['n'])})</h4>"
-                   f"<p>accuracy <b>{_fmt(s['accuracy'])}</b> · macro-F1 <b>{_fmt(s['macro_f1'])}</b></p>")
-        out.append("<div class='scroll' style='max-width:640px'><table><thead><tr><th class='l'>class</th>"
-                   "<th>precision</th><th>recall</th><th>F1</th><th>support</th></tr></thead><tbody>")
+        out.append(
+            f"<h4>test metrics ({_e(s.get('split', 'test'))}, n={_e(s['n'])})</h4>"
+            f"<p>accuracy <b>{_fmt(s['accuracy'])}</b> · macro-F1 <b>{_fmt(s['macro_f1'])}</b></p>"
+        )
+        out.append(
+            "<div class='scroll' style='max-width:640px'><table><thead><tr><th class='l'>class</th>"
+            "<th>precision</th><th>recall</th><th>F1</th><th>support</th></tr></thead><tbody>"
+        )
         for cname, m in s["per_class"].items():
-            out.append(f"<tr><td>{_e(cname)}</td><td>{_fmt(m['precision'])}</td><td>{_fmt(m['recall'])}</td>"
-                       f"<td>{_fmt(m['f1'])}<span class='bar' style='width:{60 * m['f1']:.0f}px'></span></td>"
-                       f"<td>{m['support']}</td></tr>")
+            out.append(
+                f"<tr><td>{_e(cname)}</td><td>{_fmt(m['precision'])}</td><td>{_fmt(m['recall'])}</td>"
+                f"<td>{_fmt(m['f1'])}<span class='bar' style='width:{60 * m['f1']:.0f}px'></span></td>"
+                f"<td>{m['support']}</td></tr>"
+            )
         out.append("</tbody></table></div>")
-    figs = [(f, label) for f, (_, label) in CURVES.items()] + [("test_confusion_matrix.png", "confusion matrix")]
-    out.append("<h4>curves and confusion matrix</h4><div class='figs'>" + "".join(
-        _img(f"{folder}/{f}", label) for f, label in figs if (dest / folder / f).is_file()) + "</div>")
+    figs = [(f, label) for f, (_, label) in CURVES.items()] + [
+        ("test_confusion_matrix.png", "confusion matrix")
+    ]
+    out.append(
+        "<h4>curves and confusion matrix</h4><div class='figs'>"
+        + "".join(_img(f"{folder}/{f}", label) for f, label in figs if (dest / folder / f).is_file())
+        + "</div>"
+    )
     for method_dir in sorted((dest / folder / "xai").glob("*/")):
         if not method_dir.is_dir():
             continue
@@ -362,10 +436,14 @@ def _trial_section(dest: Path, row: dict, full_row, space: list[str], base_row) 
                 continue
             figures = "".join(
                 f"<figure>{_img(f'{folder}/xai/{method_dir.name}/{group}/{p.name}', p.stem)}"
-                f"<figcaption>{_e(captions.get(f'{group}/{p.name}', ''))}</figcaption></figure>" for p in files)
+                f"<figcaption>{_e(captions.get(f'{group}/{p.name}', ''))}</figcaption></figure>"
+                for p in files
+            )
             open_attr = " open" if group == "high_conf" else ""
-            out.append(f"<details{open_attr}><summary>{label} ({len(files)})</summary>"
-                       f"<div class='gallery'>{figures}</div></details>")
+            out.append(
+                f"<details{open_attr}><summary>{label} ({len(files)})</summary>"
+                f"<div class='gallery'>{figures}</div></details>"
+            )
     out.append("</section>")
     return "".join(out)
 
@@ -375,5 +453,7 @@ def _captions(method_dir: Path) -> dict[str, str]:
     if not f.is_file():
         return {}
     table = pd.read_csv(f)
-    return {r["file"]: f"{r['path']} · true {r['true']}, predicted {r['pred']} ({r['confidence']:.2f})"
-            for _, r in table.iterrows()}
+    return {
+        r["file"]: f"{r['path']} · true {r['true']}, predicted {r['pred']} ({r['confidence']:.2f})"
+        for _, r in table.iterrows()
+    }

@@ -44,7 +44,9 @@ def train_trial(config: dict[str, Any], *, base: dict, dataset: Dataset) -> None
 
     import torch
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
+    logging.getLogger("ray.train").setLevel(
+        logging.WARNING
+    )  # one "checkpoint created" line per epoch is noise
     cfg = trial_config(base, config)
     cfg.run.progress = False
     cfg.run.name = tune.get_context().get_trial_id()

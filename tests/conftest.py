@@ -21,13 +21,15 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
-def make_folder_dataset(root: Path, classes: list[str], n_per_class: int, seed: int = 0, size: int = 48) -> Path:
+def make_folder_dataset(
+    root: Path, classes: list[str], n_per_class: int, seed: int = 0, size: int = 48
+) -> Path:
     """A tiny ImageFolder dataset whose classes differ by where a bright bar is (learnable in a few steps)."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    for k, name in enumerate(sorted(classes)):
+    for name in sorted(classes):
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
@@ -38,7 +40,9 @@ def make_folder_dataset(root: Path, classes: list[str], n_per_class: int, seed: 
     return root
 
 
-def write_tiny_experiment(folder: Path, name: str, data_root: str, methods: tuple[str, ...] = ("saliency",)) -> Path:
+def write_tiny_experiment(
+    folder: Path, name: str, data_root: str, methods: tuple[str, ...] = ("saliency",)
+) -> Path:
     """An experiment YAML for a tiny folder dataset: ResNet18, ImageNet stem, 48 px, CPU."""
     path = folder / f"{name}.yaml"
     path.write_text(

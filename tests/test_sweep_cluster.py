@@ -62,9 +62,14 @@ def _check_results(folder: Path) -> None:
 
 def test_dashboard_serves_health_while_the_sweep_runs(tiny_sweep):
     env = _env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    proc = subprocess.Popen([sys.executable, "-m", "xai_lab", "-q", "sweep", "--config", "smoke.yaml", "--smoke",
-                             "--dashboard"], cwd=tiny_sweep, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xai_lab", "-q", "sweep", "--config", "smoke.yaml", "--smoke", "--dashboard"],
+        cwd=tiny_sweep,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines, health = [], None
     try:
         for line in proc.stdout:
@@ -92,14 +97,39 @@ def test_dashboard_serves_health_while_the_sweep_runs(tiny_sweep):
 
 def test_smoke_sweep_on_a_two_node_loopback_cluster(tiny_sweep):
     env = _env()  # multi-node: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER unset; every address is 127.0.0.1
-    cluster = subprocess.Popen([sys.executable, "-c", CLUSTER], cwd=tiny_sweep, env=env, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cluster = subprocess.Popen(
+        [sys.executable, "-c", CLUSTER],
+        cwd=tiny_sweep,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         address = cluster.stdout.readline().strip()
-        assert address.startswith("127.0.0.1:"), cluster.stderr.read() if cluster.poll() is not None else address
-        res = subprocess.run([sys.executable, "-m", "xai_lab", "-q", "sweep", "--config", "smoke.yaml", "--smoke",
-                              "--address", address], cwd=tiny_sweep, env=env, capture_output=True, text=True,
-                             timeout=400)
+        assert address.startswith("127.0.0.1:"), (
+            cluster.stderr.read() if cluster.poll() is not None else address
+        )
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "xai_lab",
+                "-q",
+                "sweep",
+                "--config",
+                "smoke.yaml",
+                "--smoke",
+                "--address",
+                address,
+            ],
+            cwd=tiny_sweep,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
         assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
         assert f"connected to the Ray cluster at {address}: 2 nodes, 2 CPUs" in res.stdout
         _check_results(tiny_sweep / "ray_results" / "smoke")

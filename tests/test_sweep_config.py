@@ -1,4 +1,4 @@
-"""Sweep YAML checks, the Optuna define-by-run space, the CLI's bad-input path and cluster.yaml (no Ray run)."""
+"""Sweep YAML checks, the Optuna define-by-run space, the CLI's bad input and cluster.yaml (no Ray run)."""
 
 from __future__ import annotations
 
@@ -51,19 +51,33 @@ SPACE = """  train.sampler: {type: categorical, choices: [none, class_balanced]}
   train.batch_size: {type: int, low: 8, high: 32, step: 8}"""
 
 
-@pytest.mark.parametrize("space, extra, pattern", [
-    ("  train.lrr: {type: float, low: 0.1, high: 1}", "", r"space.train.lrr.*not an experiment key"),
-    ("  model.depth: {type: categorical, choices: [18, 101]}", "", r"value 101 fails.*model.depth.*18, 34, 50"),
-    ("  train.lr: {type: float, low: 0, high: 1, log: true}", "", r"log-scale parameter needs low > 0"),
-    ("  train.lr: {type: float, low: 1}", "", r"needs low and high"),
-    ("  train.lr: {type: floaty, low: 0.1, high: 1}", "", r"space.train.lr.type"),
-    ("  train.class_weighted_loss: {type: categorical, choices: [true], when: {train.sampler: none}}", "",
-     r"'when' names 'train.sampler', which must be a parameter listed above it"),
-    ("  train.lr: {type: float, low: 0.01, high: 0.1}", "", r"base value train.lr=0.002.*outside"),
-    (SPACE, "search: {num_sample: 3}", r"unknown config key 'search.num_sample' \(did you mean 'num_samples'"),
-    (SPACE, "resources: {gpu: 1.5}", r"resources.gpu"),
-    (SPACE, "scheduler: {type: hyperband}", r"scheduler.type' must be one of 'asha', 'fifo'"),
-])
+@pytest.mark.parametrize(
+    "space, extra, pattern",
+    [
+        ("  train.lrr: {type: float, low: 0.1, high: 1}", "", r"space.train.lrr.*not an experiment key"),
+        (
+            "  model.depth: {type: categorical, choices: [18, 101]}",
+            "",
+            r"value 101 fails.*model.depth.*18, 34, 50",
+        ),
+        ("  train.lr: {type: float, low: 0, high: 1, log: true}", "", r"log-scale parameter needs low > 0"),
+        ("  train.lr: {type: float, low: 1}", "", r"needs low and high"),
+        ("  train.lr: {type: floaty, low: 0.1, high: 1}", "", r"space.train.lr.type"),
+        (
+            "  train.class_weighted_loss: {type: categorical, choices: [true], when: {train.sampler: none}}",
+            "",
+            r"'when' names 'train.sampler', which must be a parameter listed above it",
+        ),
+        ("  train.lr: {type: float, low: 0.01, high: 0.1}", "", r"base value train.lr=0.002.*outside"),
+        (
+            SPACE,
+            "search: {num_sample: 3}",
+            r"unknown config key 'search.num_sample' \(did you mean 'num_samples'",
+        ),
+        (SPACE, "resources: {gpu: 1.5}", r"resources.gpu"),
+        (SPACE, "scheduler: {type: hyperband}", r"scheduler.type' must be one of 'asha', 'fifo'"),
+    ],
+)
 def test_bad_sweeps_name_the_key(tmp_path, monkeypatch, space, extra, pattern):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=pattern):
@@ -75,10 +89,17 @@ def test_space_is_define_by_run_with_conditions_and_base_first(tmp_path, monkeyp
     cfg = load_sweep(_sweep(tmp_path, SPACE))
     base = next(iter(base_experiments(cfg).values()))
     point = base_point(cfg.space, base)
-    assert point == {"train.sampler": "none", "train.class_weighted_loss": False, "train.lr": 0.002,
-                     "model.depth": 18, "train.batch_size": 16}
-    study = optuna.create_study(direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=0, multivariate=True, n_startup_trials=2))
+    assert point == {
+        "train.sampler": "none",
+        "train.class_weighted_loss": False,
+        "train.lr": 0.002,
+        "model.depth": 18,
+        "train.batch_size": 16,
+    }
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=0, multivariate=True, n_startup_trials=2),
+    )
     study.enqueue_trial(point)
     space = DefineByRun(cfg.space)
     first = study.ask()
@@ -100,8 +121,14 @@ def test_space_is_define_by_run_with_conditions_and_base_first(tmp_path, monkeyp
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {"PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "xai_lab", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "xai_lab", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):

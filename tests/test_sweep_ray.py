@@ -26,6 +26,7 @@ from sweeps.config import load_sweep  # noqa: E402
 from sweeps.driver import run_sweep  # noqa: E402
 from sweeps.trainable import train_trial  # noqa: E402
 
+
 @pytest.fixture(scope="module")
 def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
@@ -109,7 +110,14 @@ def test_leaderboard_has_every_trial_base_first_and_the_retry(sweep, workdir):
         assert base.iloc[0]["train.sampler"] == "none"
     balanced = board[board["train.sampler"] == "class_balanced"]
     assert balanced["train.class_weighted_loss"].isna().all()  # not sampled under a balanced sampler
-    for col in ["best_val_macro_f1", "final_val_accuracy", "epochs_run", "wall_seconds", "trial_dir", "report"]:
+    for col in [
+        "best_val_macro_f1",
+        "final_val_accuracy",
+        "epochs_run",
+        "wall_seconds",
+        "trial_dir",
+        "report",
+    ]:
         assert col in board
     # the injected fault: that trial was retried from its epoch-1 checkpoint and finished both epochs
     faulty = (workdir / "fault").read_text()
@@ -144,8 +152,14 @@ def test_fanout_reports_in_single_run_layout(sweep):
         folder = sweep.paths.results / "reports" / row.dataset / row.trial_id
         summary = json.loads((folder / "test_summary.json").read_text())
         assert {"accuracy", "macro_f1", "n", "per_class", "class_names"} <= set(summary)
-        for name in ["test_confusion_matrix.csv", "test_confusion_matrix.png", "train_loss.png", "val_loss.png",
-                     "val_accuracy.png", "val_macrof1.png"]:
+        for name in [
+            "test_confusion_matrix.csv",
+            "test_confusion_matrix.png",
+            "train_loss.png",
+            "val_loss.png",
+            "val_accuracy.png",
+            "val_macrof1.png",
+        ]:
             assert (folder / name).is_file(), name
         for method in ["saliency", "gradcam"]:  # every registered explainer
             assert len(list((folder / "xai" / method / "high_conf").glob("sample*.png"))) == 2
@@ -169,15 +183,32 @@ def chromium_check(index: Path, screenshot: Path) -> dict:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         pytest.fail("chromium is not installed (make test installs it: apt-get install -y chromium)")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+    ]
     url = index.resolve().as_uri()
     out = {}
-    for i, extra in enumerate((["--virtual-time-budget=10000", "--dump-dom"],
-                               ["--window-size=1400,2600", f"--screenshot={screenshot}"])):
+    for i, extra in enumerate(
+        (
+            ["--virtual-time-budget=10000", "--dump-dom"],
+            ["--window-size=1400,2600", f"--screenshot={screenshot}"],
+        )
+    ):
         profile = index.parent / f".chromium-profile-{i}"
-        res = subprocess.run([exe, *flags, f"--user-data-dir={profile}", *extra, url], capture_output=True,
-                             text=True, timeout=120)
+        res = subprocess.run(
+            [exe, *flags, f"--user-data-dir={profile}", *extra, url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         shutil.rmtree(profile, ignore_errors=True)
         assert res.returncode == 0, res.stderr[-2000:]
         if "--dump-dom" in extra:
@@ -239,7 +270,9 @@ def test_resume_after_ctrl_c_keeps_finished_trials(ray_local, workdir):
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
-        text = SWEEP.format(name="resumed", n=4, scheduler="asha").replace("[tinya.yaml, tinyb.yaml]", "[tinya.yaml]")
+        text = SWEEP.format(name="resumed", n=4, scheduler="asha").replace(
+            "[tinya.yaml, tinyb.yaml]", "[tinya.yaml]"
+        )
         (workdir / "resumed.yaml").write_text(text.replace("max_concurrent: 2", "max_concurrent: 1"))
         cfg = load_sweep("resumed.yaml", ["fanout.top_k=0"])
         exp = workdir / "ray_results" / "resumed" / "tinya"
@@ -259,9 +292,14 @@ def test_resume_after_ctrl_c_keeps_finished_trials(ray_local, workdir):
         before = pd.read_csv(first.leaderboard)
         kept = before[before["status"].isin(["completed", "pruned"])]
         assert 1 <= len(kept) < 4
-        kept_results = {t: (Path(d) / "result.json").read_text() for t, d in zip(kept["trial_id"], kept["trial_dir"])}
+        kept_results = {
+            t: (Path(d) / "result.json").read_text()
+            for t, d in zip(kept["trial_id"], kept["trial_dir"], strict=True)
+        }
 
-        second = run_sweep(load_sweep("resumed.yaml", ["fanout.top_k=0"]), resume=True, verbose=0, progress=False)
+        second = run_sweep(
+            load_sweep("resumed.yaml", ["fanout.top_k=0"]), resume=True, verbose=0, progress=False
+        )
     finally:
         os.chdir(cwd)
     assert not second.interrupted

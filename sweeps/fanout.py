@@ -59,7 +59,8 @@ def report_trial(job: ReportJob, dataset: Dataset) -> dict[str, bytes]:
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     with tempfile.TemporaryDirectory(prefix="xai-fanout-") as tmp:
-        run_dir = Path(Checkpoint(job.checkpoint).to_directory(str(Path(tmp) / "run")))
+        # plots title the curves with the run folder's parent: the trial id
+        run_dir = Path(Checkpoint(job.checkpoint).to_directory(str(Path(tmp) / job.trial_id / "run")))
         report = Path(tmp) / "report"
         evaluate_run(
             run_dir, report, dataset=dataset, split=job.split, max_images=job.eval_max_images or None

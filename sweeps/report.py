@@ -315,7 +315,9 @@ def _comparison(dest: Path) -> str:
     for png in sorted(dest.glob("comparison_*.png")):
         method = png.stem.removeprefix("comparison_")
         out.append(
-            f"<h4>{_e(method)}: mean map per class</h4><div class='wide'>{_img(png.name, method)}</div>"
+            f"<h4>{_e(method)}: mean map per class</h4>"
+            f"<div class='wide' style='max-width:{150 * max(1, len(shared)) + 120}px'>"
+            f"{_img(png.name, method)}</div>"
         )
     return "".join(out)
 

@@ -121,6 +121,18 @@ def cmd_explain(args: argparse.Namespace) -> None:
     print(f"wrote {sum(map(len, written.values()))} explanations to {_report(run_dir, args.out)}/xai/")
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from sweeps.cli import cmd_sweep as run  # the orchestration layer; imports Ray
+
+    run(args)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from sweeps.cli import cmd_report as run
+
+    run(args)
+
+
 def _report(run_dir: Path, out: str | None) -> Path:
     from xai_lab.runs import report_dir_for
 
@@ -156,7 +168,42 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--split", default=None, choices=["train", "val", "test"])
     ex.add_argument("--num-each", type=int, default=None, help="images per gallery (default: explain.num_each)")
     ex.add_argument("--methods", default=None, help="comma-separated, e.g. saliency,gradcam")
+    sw = sub.add_parser("sweep", help="Ray Tune + Optuna sweep, then reports of the best trials",
+                        description="Ray Tune + Optuna sweep over the base experiments of a sweep YAML, "
+                        "then evaluate/plots/explain of the top-k trials, the comparison and index.html")
+    sw.add_argument("--config", required=True, help="sweep YAML (configs/sweeps/*.yaml)")
+    sw.add_argument("--resume", action="store_true",
+                    help="carry on with an interrupted sweep of the same name")
+    sw.add_argument("--address", default=None,
+                    help="a running Ray cluster: auto, or host:port (default: RAY_ADDRESS, else a local Ray)")
+    sw.add_argument("--dashboard", action="store_true",
+                    help="start the local Ray with its dashboard on 127.0.0.1")
+    sw.add_argument("--top", type=_non_negative, default=None,
+                    help="report the top K trials per dataset (default: fanout.top_k)")
+    sw.add_argument("--smoke", action="store_true", help="the same work, tiny: two trials of one short epoch")
+    sw.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="dotted sweep overrides (search.num_samples=4)")
+    sw.set_defaults(func=cmd_sweep)
+    rp = sub.add_parser("report", help="index.html over a sweep's best trials",
+                        description="pull the best trials' reports of a sweep into one folder, "
+                        "with index.html")
+    rp.add_argument("--sweep", required=True, help="the sweep folder (ray_results/<sweep>)")
+    rp.add_argument("--top", type=_non_negative, default=None,
+                    help="best K reported trials per dataset (default: all)")
+    rp.add_argument("--out", default=None,
+                    help="folder to pull the reports into (default: the sweep folder)")
+    rp.set_defaults(func=cmd_report)
     return parser
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,19 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def module_workdir(tmp_path_factory):
+    """Like ``in_tmp``, for module-scoped fixtures: a fresh folder with configs/, as the working directory."""
+    work = tmp_path_factory.mktemp("work")
+    (work / "configs").symlink_to(ROOT / "configs")
+    old = os.getcwd()
+    os.chdir(work)
+    try:
+        yield work
+    finally:
+        os.chdir(old)
+
+
 def make_folder_dataset(
     root: Path, classes: list[str], n_per_class: int, seed: int = 0, size: int = 48
 ) -> Path:

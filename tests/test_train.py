@@ -20,22 +20,10 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(module_workdir):
     """One short run shared by the tests below (2,352 training images: about 15 s on 2 CPU cores)."""
-    import os
-
-    from tests.conftest import ROOT
-
-    work = tmp_path_factory.mktemp("train")
-    (work / "configs").symlink_to(ROOT / "configs")
-    old = os.getcwd()
-    os.chdir(work)
-    try:
-        cfg = load_experiment(EXP, TINY + ["train.epochs=8"])
-        summary = fit(cfg)
-        yield cfg, summary, work
-    finally:
-        os.chdir(old)
+    cfg = load_experiment(EXP, TINY + ["train.epochs=8"])
+    return cfg, fit(cfg), module_workdir
 
 
 def test_training_beats_chance_clearly(trained):

@@ -89,11 +89,16 @@ def init_from_checkpoint(model: FaceNet, path: str | Path, class_names: list[str
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:
-        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
-        raise UserError(f"model.init_from={path}: its weights do not fit this model ({detail}); depth, stem and "
-                        "data.channels must match the run it came from") from None
+        lines = str(e).splitlines()
+        detail = next((ln.strip() for ln in lines if "size mismatch" in ln), lines[0])
+        raise UserError(
+            f"model.init_from={path}: its weights do not fit this model ({detail}); "
+            "depth, stem and data.channels must match the run it came from"
+        ) from None
     wrong = [k for k in missing if not k.startswith("backbone.fc.")] + list(unexpected)
     if wrong:
-        raise UserError(f"model.init_from={path}: its weights do not fit this model (e.g. {wrong[0]}); depth, stem "
-                        "and data.channels must match the run it came from")
+        raise UserError(
+            f"model.init_from={path}: its weights do not fit this model (e.g. {wrong[0]}); "
+            "depth, stem and data.channels must match the run it came from"
+        )
     return {"path": str(path), "head": "kept" if same else "replaced", "source_classes": source_classes}

@@ -68,19 +68,20 @@ def load_run_config(args: argparse.Namespace, data_file: str | None = None):
 
     run_dir = resolve_run_dir(args.run_dir)
     cfg = load_saved(run_dir / "config.yaml")
-    if data_file:
-        values = to_dict(cfg)
-        values["data"] = read_data_section(data_file)
-        cfg = resolve(from_dict(apply_overrides(values, args.overrides)))
-        if getattr(args, "smoke", False):
-            cfg.data.limit_per_class, cfg.data.name = SMOKE_PER_CLASS, f"{cfg.data.name}_limit{SMOKE_PER_CLASS}"
-        return run_dir, cfg
     allowed = ("run.", "explain.", "data.", "train.eval_batch_size", "train.amp")
     for text in args.overrides:
         key = ".".join(parse_override(text)[0])
         if not key.startswith(allowed):
             raise UserError(f"override '{text}' cannot change a trained run; allowed: run.*, explain.*, data.*, "
                             "train.eval_batch_size, train.amp")
+    if data_file:
+        values = to_dict(cfg)
+        values["data"] = read_data_section(data_file)
+        cfg = resolve(from_dict(apply_overrides(values, args.overrides)))
+        if getattr(args, "smoke", False):
+            cfg.data.limit_per_class = SMOKE_PER_CLASS
+            cfg.data.name = f"{cfg.data.name}_limit{SMOKE_PER_CLASS}"
+        return run_dir, cfg
     return run_dir, from_dict(apply_overrides(to_dict(cfg), args.overrides))
 
 
@@ -120,9 +121,11 @@ def cmd_cv(args: argparse.Namespace) -> None:
             raise UserError(f"--only must list fold numbers like 0,1,2, got {args.only!r}") from None
     result = cross_validate(cfg, only)
     acc, f1 = result["test_accuracy"], result["test_macro_f1"]
-    print(f"{len(result['folds_run'])} of {result['folds']} folds: test accuracy {acc['mean']:.4f} ± {acc['std']:.4f}, "
-          f"macro-F1 {f1['mean']:.4f} ± {f1['std']:.4f} (pooled accuracy {result['pooled_test_accuracy']:.4f} "
-          f"on {result['test_images']} images)")
+    print(
+        f"{len(result['folds_run'])} of {result['folds']} folds: "
+        f"test accuracy {acc['mean']:.4f} ± {acc['std']:.4f}, macro-F1 {f1['mean']:.4f} ± {f1['std']:.4f} "
+        f"(pooled accuracy {result['pooled_test_accuracy']:.4f} on {result['test_images']} images)"
+    )
     print(f"-> {result['report_dir']}/cv_summary.json")
 
 
@@ -211,9 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("prepare", cmd_prepare, "manifest, stratified splits and decoded cache of a dataset")
     verb("train", cmd_train, "one training run")
-    cv = verb("cv", cmd_cv, "k-fold cross-validation (data.folds): a run per fold, mean and std of the test scores")
+    cv = verb("cv", cmd_cv, "k-fold cross-validation (data.folds): a run per fold, mean and std of scores")
     cv.add_argument("--only", default=None, help="comma-separated folds to run (default: all)")
-    verb("audit", cmd_audit, "duplicates, leakage, label conflicts, per-class size/mode/brightness, class balance")
+    verb("audit", cmd_audit, "duplicates, leakage, label conflicts, size/mode/brightness per class, balance")
     ev = verb("evaluate", cmd_evaluate, "test metrics of a run's best checkpoint", run_dir=True)
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
     ev.add_argument("--data", default=None, metavar="DATA_YAML",

@@ -85,7 +85,7 @@ class FerPlusConfig:
 class AuditConfig:
     """Thresholds of the data audit (``xai-lab audit``, also run by ``prepare``)."""
 
-    near_duplicate_distance: int = _bounded(6, 0, 64)  # candidates: 64-bit pHashes at most this many bits apart
+    near_duplicate_distance: int = _bounded(6, 0, 64)  # candidates: pHashes (64 bits) at most this far apart
     near_duplicate_pixel_delta: float = _bounded(6.0, 0.0, 255.0)  # confirmed: mean |gray difference| <= this
     brightness_delta: float = _bounded(25.0, 0.0, 255.0)  # flag a class whose mean brightness is this far off
     max_examples: int = _bounded(20, 0)  # examples listed per finding in audit.json / audit.md
@@ -128,7 +128,7 @@ class ModelConfig:
     pretrained: Union[bool, str] = False  # true: torchvision ImageNet weights; or a path to a .pth
     input_size: int = _bounded(48, 16)  # batches are resized to this on the device
     stem: Literal["imagenet", "small"] = "imagenet"
-    init_from: str = ""  # a run folder or checkpoint to start from; the head is replaced if the classes differ
+    init_from: str = ""  # a run folder or checkpoint to start from; a new head if the classes differ
 
 
 @dataclass
@@ -307,11 +307,15 @@ def check_data(data: DataConfig) -> None:
     if data.folds and data.folds < 3:
         raise UserError(f"config key 'data.folds' must be 0 (off) or at least 3, got {data.folds}")
     if data.fold >= 0 and not data.folds:
-        raise UserError(f"config key 'data.fold' is {data.fold} but data.folds is 0; set data.folds (e.g. 10) "
-                        "or data.fold=-1 (the holdout split)")
+        raise UserError(
+            f"config key 'data.fold' is {data.fold} but data.folds is 0; "
+            "set data.folds (e.g. 10) or data.fold=-1 (the holdout split)"
+        )
     if data.folds and data.fold >= data.folds:
-        raise UserError(f"config key 'data.fold' must be in [-1, {data.folds - 1}] for data.folds={data.folds}, "
-                        f"got {data.fold}")
+        raise UserError(
+            f"config key 'data.fold' must be in [-1, {data.folds - 1}] for data.folds={data.folds}, "
+            f"got {data.fold}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,17 +70,29 @@ def cross_validate(cfg: ExperimentConfig, folds: list[int] | None = None) -> dic
         fold_cfg = copy.deepcopy(cfg)
         fold_cfg.data.fold = f
         dataset = load_dataset(fold_cfg.data, progress=cfg.run.progress)
-        log.info("fold %d/%d: train %d, val %d, test %d", f, k, *(len(dataset.splits[s]) for s in
-                                                                 ("train", "val", "test")))
+        log.info(
+            "fold %d/%d: train %d, val %d, test %d",
+            f,
+            k,
+            *(len(dataset.splits[s]) for s in ("train", "val", "test")),
+        )
         summary = fit(fold_cfg, dataset=dataset, run_dir=cv_dir / f"fold{f}")
-        test = evaluate_run(cv_dir / f"fold{f}", report_dir / f"fold{f}", dataset=dataset, split="test",
-                            device=cfg.run.device)
-        rows.append({
-            "fold": f, "train": len(dataset.splits["train"]), "val": len(dataset.splits["val"]),
-            "test": test["n"], "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
-            "best_epoch": summary["best_epoch"], "best_val_macro_f1": summary["best_val_macro_f1"],
-            "train_seconds": summary["train_seconds"],
-        })
+        test = evaluate_run(
+            cv_dir / f"fold{f}", report_dir / f"fold{f}", dataset=dataset, split="test", device=cfg.run.device
+        )
+        rows.append(
+            {
+                "fold": f,
+                "train": len(dataset.splits["train"]),
+                "val": len(dataset.splits["val"]),
+                "test": test["n"],
+                "test_accuracy": test["accuracy"],
+                "test_macro_f1": test["macro_f1"],
+                "best_epoch": summary["best_epoch"],
+                "best_val_macro_f1": summary["best_val_macro_f1"],
+                "train_seconds": summary["train_seconds"],
+            }
+        )
         log.info("fold %d: test accuracy %.4f macro-F1 %.4f", f, test["accuracy"], test["macro_f1"])
     table = pd.DataFrame(rows)
     correct = float((table["test_accuracy"] * table["test"]).sum())

@@ -193,7 +193,9 @@ def evaluate_other_dataset(
         trained_on=cfg.data.name, dataset=dataset.name, shared_classes=shared.emotions,
         model_only_classes=shared.model_only, data_only_classes=shared.data_only, n_left_out=int(left_out),
     )
-    report_dir = Path(report_dir) if report_dir is not None else report_dir_for(run_dir) / f"cross_{dataset.name}"
+    if report_dir is None:
+        report_dir = report_dir_for(run_dir) / f"cross_{dataset.name}"
+    report_dir = Path(report_dir)
     write_evaluation(report_dir, summary, cm, shared.emotions)
     log.info("%s on %s (%s, shared: %s): accuracy %.4f macro-F1 %.4f on %d images (%d left out) -> %s",
              run_dir.name, dataset.name, split, ", ".join(shared.emotions), summary["accuracy"],

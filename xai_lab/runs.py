@@ -59,7 +59,7 @@ def resolve_run_dir(path: str | Path) -> Path:
 
 
 def report_dir_for(run_dir: Path) -> Path:
-    """``.../runs/<exp>/<id>[/fold<k>]`` -> ``.../reports/<exp>/<id>[/fold<k>]``; other layouts get ``<run_dir>/report``."""
+    """``runs/<exp>/<id>[/fold<k>]`` -> ``reports/<exp>/<id>[/fold<k>]``; else ``<run_dir>/report``."""
     run_dir = Path(run_dir)
     for runs in run_dir.parents[1:3]:  # runs/<exp>/<id>, or runs/<exp>/<cv-id>/fold<k> (cross-validation)
         if runs.name == "runs":

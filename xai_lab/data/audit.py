@@ -56,7 +56,9 @@ def phash(images: np.ndarray, batch: int = 4096) -> np.ndarray:
     d = dct_matrix(32).astype(np.float32)
     out = np.empty(len(images), dtype=np.uint64)
     for start in range(0, len(images), batch):
-        x = torch.from_numpy(np.asarray(images[start : start + batch], dtype=np.float32)).mean(dim=1, keepdim=True)
+        x = torch.from_numpy(np.asarray(images[start : start + batch], dtype=np.float32)).mean(
+            dim=1, keepdim=True
+        )
         small = F.interpolate(x, size=(32, 32), mode="area")[:, 0].numpy()
         low = (d @ small @ d.T)[:, :8, :8].reshape(len(small), 64)
         bits = low > np.median(low, axis=1, keepdims=True)
@@ -65,7 +67,7 @@ def phash(images: np.ndarray, batch: int = 4096) -> np.ndarray:
 
 
 def near_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 256) -> np.ndarray:
-    """All pairs ``(i, j)``, ``i < j``, whose hashes differ in at most ``max_distance`` bits: int64 ``[P, 2]``."""
+    """All pairs ``(i, j)``, ``i < j``, of hashes at most ``max_distance`` bits apart: int64 ``[P, 2]``."""
     hashes = np.asarray(hashes, dtype=np.uint64)
     found = []
     for start in range(0, len(hashes), chunk):
@@ -92,8 +94,13 @@ def _examples(items: list, n: int) -> list:
     return items[:n]
 
 
-def audit_table(table: pd.DataFrame, images: np.ndarray, class_names: list[str], data: DataConfig,
-                info: dict | None = None) -> dict[str, Any]:
+def audit_table(
+    table: pd.DataFrame,
+    images: np.ndarray,
+    class_names: list[str],
+    data: DataConfig,
+    info: dict | None = None,
+) -> dict[str, Any]:
     """The audit of one prepared dataset (``table`` = metadata.csv, ``images`` = the cache, same rows)."""
     info = info or {}
     cfg = data.audit
@@ -112,8 +119,12 @@ def audit_table(table: pd.DataFrame, images: np.ndarray, class_names: list[str],
         cross_split, cross_class = len(set(splits[g])) > 1, len(set(labels[g])) > 1
         n_cross_split += cross_split
         n_cross_class += cross_class
-        entry = {"sha1": str(table["sha1"].iloc[g[0]]), "paths": paths[g].tolist(), "labels": labels[g].tolist(),
-                 "splits": splits[g].tolist()}
+        entry = {
+            "sha1": str(table["sha1"].iloc[g[0]]),
+            "paths": paths[g].tolist(),
+            "labels": labels[g].tolist(),
+            "splits": splits[g].tolist(),
+        }
         exact_examples.append(entry)
         if cross_class:
             conflicts.append(entry)
@@ -123,8 +134,10 @@ def audit_table(table: pd.DataFrame, images: np.ndarray, class_names: list[str],
         "within_one_split": len(groups) - n_cross_split,
         "across_splits": n_cross_split,
         "across_classes": n_cross_class,
-        "examples": _examples(sorted(exact_examples, key=lambda e: (-len(set(e["splits"])), -len(set(e["labels"])))),
-                              cfg.max_examples),
+        "examples": _examples(
+            sorted(exact_examples, key=lambda e: (-len(set(e["splits"])), -len(set(e["labels"])))),
+            cfg.max_examples,
+        ),
     }
     if n_cross_split:
         warnings.append(f"{n_cross_split} exact duplicate group(s) span two or more splits (leakage)")
@@ -139,7 +152,11 @@ def audit_table(table: pd.DataFrame, images: np.ndarray, class_names: list[str],
         pairs = pairs[sha[pairs[:, 0]] != sha[pairs[:, 1]]]
         pairs = pairs[pixel_difference(images, pairs) <= cfg.near_duplicate_pixel_delta]
     i, j = (pairs[:, 0], pairs[:, 1]) if len(pairs) else (np.empty(0, int), np.empty(0, int))
-    x_split, x_class, same_subject = splits[i] != splits[j], labels[i] != labels[j], subjects[i] == subjects[j]
+    x_split, x_class, same_subject = (
+        splits[i] != splits[j],
+        labels[i] != labels[j],
+        subjects[i] == subjects[j],
+    )
     dist = np.bitwise_count(hashes[i] ^ hashes[j]) if len(pairs) else np.empty(0, int)
     order = np.lexsort((dist, ~x_class, ~x_split))  # cross-split, then cross-class pairs first
     near = {
@@ -151,14 +168,21 @@ def audit_table(table: pd.DataFrame, images: np.ndarray, class_names: list[str],
         "across_classes": int(x_class.sum()),
         "same_subject": int(same_subject.sum()),
         "examples": [
-            {"paths": [paths[i[k]], paths[j[k]]], "labels": [labels[i[k]], labels[j[k]]],
-             "splits": [splits[i[k]], splits[j[k]]], "distance": int(dist[k])}
+            {
+                "paths": [paths[i[k]], paths[j[k]]],
+                "labels": [labels[i[k]], labels[j[k]]],
+                "splits": [splits[i[k]], splits[j[k]]],
+                "distance": int(dist[k]),
+            }
             for k in order[: cfg.max_examples]
         ],
     }
     if near["across_splits"]:
-        warnings.append(f"{near['across_splits']} near-duplicate pair(s) span two splits "
-                        f"(pHash <= {cfg.near_duplicate_distance} bits, gray difference <= {cfg.near_duplicate_pixel_delta:g})")
+        warnings.append(
+            f"{near['across_splits']} near-duplicate pair(s) span two splits "
+            f"(pHash <= {cfg.near_duplicate_distance} bits, "
+            f"gray difference <= {cfg.near_duplicate_pixel_delta:g})"
+        )
 
     # --- subjects -------------------------------------------------------------------------
     subj = pd.DataFrame({"subject": subjects, "split": splits})
@@ -186,7 +210,9 @@ def audit_table(table: pd.DataFrame, images: np.ndarray, class_names: list[str],
         subject_info["folds_with_subject_in_two_splits"] = int(sum(c > 0 for c in per_fold))
         subject_info["per_fold"] = per_fold
         if any(per_fold):
-            warnings.append(f"subjects cross splits in {sum(c > 0 for c in per_fold)} of {len(per_fold)} folds")
+            warnings.append(
+                f"subjects cross splits in {sum(c > 0 for c in per_fold)} of {len(per_fold)} folds"
+            )
 
     # --- per class ------------------------------------------------------------------------
     brightness = images.reshape(n, -1).mean(axis=1) if n else np.empty(0)
@@ -212,11 +238,18 @@ def audit_table(table: pd.DataFrame, images: np.ndarray, class_names: list[str],
         }
         main_size = size_counts.most_common(1)[0][0]
         if main_size != overall_size:
-            warnings.append(f"class {c}: most images are {main_size}, the dataset's usual size is {overall_size}")
+            warnings.append(
+                f"class {c}: most images are {main_size}, the dataset's usual size is {overall_size}"
+            )
         other_modes = set(mode_counts) - set(Counter(modes[~m]))
         if other_modes and (~m).any():
-            warnings.append(f"class {c}: image mode(s) {', '.join(sorted(other_modes))} found in no other class")
-        if m.sum() >= MIN_CLASS_FOR_STATS and abs(float(b.mean()) - overall_brightness) > cfg.brightness_delta:
+            warnings.append(
+                f"class {c}: image mode(s) {', '.join(sorted(other_modes))} found in no other class"
+            )
+        if (
+            m.sum() >= MIN_CLASS_FOR_STATS
+            and abs(float(b.mean()) - overall_brightness) > cfg.brightness_delta
+        ):
             warnings.append(f"class {c}: mean brightness {b.mean():.1f} vs {overall_brightness:.1f} overall")
 
     # --- balance --------------------------------------------------------------------------
@@ -224,10 +257,17 @@ def audit_table(table: pd.DataFrame, images: np.ndarray, class_names: list[str],
     totals = {c: int((labels == c).sum()) for c in class_names}
     present = [v for v in totals.values() if v]
     ratio = round(max(present) / min(present), 2) if present else 0.0
-    balance = {"counts": totals, "by_split": by_split, "imbalance_ratio": ratio,
-               "largest": max(totals, key=totals.get) if n else "", "smallest": min(totals, key=totals.get) if n else ""}
+    balance = {
+        "counts": totals,
+        "by_split": by_split,
+        "imbalance_ratio": ratio,
+        "largest": max(totals, key=totals.get) if n else "",
+        "smallest": min(totals, key=totals.get) if n else "",
+    }
     if ratio >= 5:
-        warnings.append(f"class imbalance: {balance['largest']} has {ratio}x the images of {balance['smallest']}")
+        warnings.append(
+            f"class imbalance: {balance['largest']} has {ratio}x the images of {balance['smallest']}"
+        )
     empty_splits = [s for s in SPLIT_ORDER if not (splits == s).any()]
     if empty_splits:
         warnings.append(f"empty split(s): {', '.join(empty_splits)}")
@@ -248,23 +288,28 @@ def audit_table(table: pd.DataFrame, images: np.ndarray, class_names: list[str],
         "prepare": {
             "skipped": len(info.get("skipped", [])),
             "excluded": info.get("excluded", {}),
-            "dedup": {"mode": info.get("dedup", {}).get("mode", data.dedup),
-                      "dropped": len(info.get("dedup", {}).get("dropped", [])),
-                      "examples": info.get("dedup", {}).get("dropped", [])[: cfg.max_examples]},
+            "dedup": {
+                "mode": info.get("dedup", {}).get("mode", data.dedup),
+                "dropped": len(info.get("dedup", {}).get("dropped", [])),
+                "examples": info.get("dedup", {}).get("dropped", [])[: cfg.max_examples],
+            },
         },
         "warnings": warnings,
     }
 
 
 def audit_dataset(data: DataConfig, out: str | Path) -> dict[str, Any]:
-    """Audit the prepared dataset in ``out``; write ``audit.json`` and ``audit.md`` there and return the report."""
+    """Audit the dataset in ``out``: write ``audit.json`` and ``audit.md`` there, return the report."""
     out = Path(out)
     try:
         info = json.loads((out / "dataset.json").read_text())
     except (OSError, json.JSONDecodeError):
         raise UserError(f"{out} holds no prepared dataset; run `xai-lab prepare` first") from None
-    table = pd.read_csv(out / "metadata.csv", dtype={"subject": str, "path": str, "label": str, "sha1": str},
-                        keep_default_na=False)
+    table = pd.read_csv(
+        out / "metadata.csv",
+        dtype={"subject": str, "path": str, "label": str, "sha1": str},
+        keep_default_na=False,
+    )
     images = np.load(out / "cache" / str(info["cache_key"]) / "images.npy", mmap_mode="r")
     report = audit_table(table, np.asarray(images), list(info["class_names"]), data, info)
     atomic_write_json(out / "audit.json", report)
@@ -289,77 +334,138 @@ def run_audit(data: DataConfig, progress: bool = False) -> tuple[dict[str, Any],
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """A few lines for the terminal."""
-    ex, near, subj, bal = (report["exact_duplicates"], report["near_duplicates"], report["subjects"],
-                           report["class_balance"])
+    ex, near, subj, bal = (
+        report["exact_duplicates"],
+        report["near_duplicates"],
+        report["subjects"],
+        report["class_balance"],
+    )
     s = report["split_sizes"]
     lines = [
-        f"audit of {report['dataset']}: {report['images']} images, {len(report['classes'])} classes, "
+        f"audit of {report['dataset']}: {report['images']} images, "
+        f"{len(report['classes'])} classes, "
         f"train/val/test {s['train']}/{s['val']}/{s['test']}",
-        f"  exact duplicates: {ex['groups']} group(s) of {ex['images']} images; {ex['across_splits']} across splits, "
+        f"  exact duplicates: {ex['groups']} group(s) of {ex['images']} images; "
+        f"{ex['across_splits']} across splits, "
         f"{ex['across_classes']} across classes (label conflicts)",
-        f"  near duplicates (pHash <= {near['max_distance']} bits, gray difference <= {near['max_pixel_delta']:g}): "
+        f"  near duplicates (pHash <= {near['max_distance']} bits, "
+        f"gray difference <= {near['max_pixel_delta']:g}): "
         f"{near['pairs']} pair(s); "
         f"{near['across_splits']} across splits, {near['across_classes']} across classes",
         f"  subjects: {subj['subjects']}, in more than one split: {subj['in_more_than_one_split']}"
-        + (f"; folds with a subject in two splits: {subj['folds_with_subject_in_two_splits']}"
-           if "per_fold" in subj else ""),
-        f"  class balance: largest/smallest = {bal['imbalance_ratio']} ({bal['largest']} / {bal['smallest']})",
+        + (
+            f"; folds with a subject in two splits: {subj['folds_with_subject_in_two_splits']}"
+            if "per_fold" in subj
+            else ""
+        ),
+        f"  class balance: largest/smallest = {bal['imbalance_ratio']} "
+        f"({bal['largest']} / {bal['smallest']})",
     ]
     prep = report["prepare"]
     if prep["skipped"] or prep["excluded"] or prep["dedup"]["dropped"]:
         excluded = ", ".join(f"{k} {v}" for k, v in prep["excluded"].items()) or "none"
-        lines.append(f"  prepare: skipped {prep['skipped']}, excluded {excluded}, dedup={prep['dedup']['mode']} "
-                     f"dropped {prep['dedup']['dropped']}")
+        lines.append(
+            f"  prepare: skipped {prep['skipped']}, excluded {excluded}, dedup={prep['dedup']['mode']} "
+            f"dropped {prep['dedup']['dropped']}"
+        )
     lines += [f"  warning: {w}" for w in report["warnings"]]
     return lines
 
 
 def audit_markdown(report: dict[str, Any]) -> str:
     """``audit.md``: the report for people."""
-    ex, near, subj, bal = (report["exact_duplicates"], report["near_duplicates"], report["subjects"],
-                           report["class_balance"])
-    md = [f"# Data audit: {report['dataset']}", "",
-          f"Source `{report['source']}` at `{report['root']}`: {report['images']} images, "
-          f"classes {', '.join(report['classes'])}.", "", "## Summary", ""]
+    ex, near, subj, bal = (
+        report["exact_duplicates"],
+        report["near_duplicates"],
+        report["subjects"],
+        report["class_balance"],
+    )
+    md = [
+        f"# Data audit: {report['dataset']}",
+        "",
+        f"Source `{report['source']}` at `{report['root']}`: {report['images']} images, "
+        f"classes {', '.join(report['classes'])}.",
+        "",
+        "## Summary",
+        "",
+    ]
     md += [f"- {line.strip()}" for line in summary_lines(report)[1:]]
     if not report["warnings"]:
         md.append("- no warnings")
-    md += ["", "## Exact duplicates (same SHA-1)", "",
-           f"{ex['groups']} group(s), {ex['images']} images: {ex['within_one_split']} within one split, "
-           f"{ex['across_splits']} across splits, {ex['across_classes']} across classes.", ""]
+    md += [
+        "",
+        "## Exact duplicates (same SHA-1)",
+        "",
+        f"{ex['groups']} group(s), {ex['images']} images: {ex['within_one_split']} within one split, "
+        f"{ex['across_splits']} across splits, {ex['across_classes']} across classes.",
+        "",
+    ]
     if ex["examples"]:
         md += ["| files | labels | splits |", "|---|---|---|"]
-        md += [f"| {'<br>'.join(e['paths'])} | {', '.join(e['labels'])} | {', '.join(e['splits'])} |"
-               for e in ex["examples"]]
-    md += ["", f"## Near duplicates (pHash <= {near['max_distance']} bits, mean gray difference <= "
-           f"{near['max_pixel_delta']:g}, not byte-identical)", "",
-           f"{near['pairs']} pair(s): {near['across_splits']} across splits, {near['across_classes']} across classes, "
-           f"{near['same_subject']} of the same subject.", ""]
+        md += [
+            f"| {'<br>'.join(e['paths'])} | {', '.join(e['labels'])} | {', '.join(e['splits'])} |"
+            for e in ex["examples"]
+        ]
+    md += [
+        "",
+        f"## Near duplicates (pHash <= {near['max_distance']} bits, mean gray difference <= "
+        f"{near['max_pixel_delta']:g}, not byte-identical)",
+        "",
+        f"{near['pairs']} pair(s): {near['across_splits']} across splits, "
+        f"{near['across_classes']} across classes, "
+        f"{near['same_subject']} of the same subject.",
+        "",
+    ]
     if near["examples"]:
         md += ["| files | labels | splits | distance |", "|---|---|---|---|"]
-        md += [f"| {'<br>'.join(e['paths'])} | {', '.join(e['labels'])} | {', '.join(e['splits'])} | {e['distance']} |"
-               for e in near["examples"]]
-    md += ["", "## Subjects", "",
-           f"{subj['subjects']} subject(s), at most {subj['images_per_subject_max']} images each; grouped splits: "
-           f"{subj['grouped_by_subject']}; in more than one split: {subj['in_more_than_one_split']}."]
+        md += [
+            f"| {'<br>'.join(e['paths'])} | {', '.join(e['labels'])} | {', '.join(e['splits'])} "
+            f"| {e['distance']} |"
+            for e in near["examples"]
+        ]
+    md += [
+        "",
+        "## Subjects",
+        "",
+        f"{subj['subjects']} subject(s), at most {subj['images_per_subject_max']} images each; "
+        f"grouped splits: "
+        f"{subj['grouped_by_subject']}; in more than one split: {subj['in_more_than_one_split']}.",
+    ]
     if "per_fold" in subj:
         md.append(f"Folds: subjects in two splits per fold: {subj['per_fold']}.")
-    md += ["", "## Per class", "", "| class | images | sizes | modes | brightness (mean ± std) |", "|---|---|---|---|---|"]
+    md += [
+        "",
+        "## Per class",
+        "",
+        "| class | images | sizes | modes | brightness (mean ± std) |",
+        "|---|---|---|---|---|",
+    ]
     for c, v in report["per_class"].items():
         if not v["images"]:
             md.append(f"| {c} | 0 | | | |")
             continue
         sizes = ", ".join(f"{k}: {n}" for k, n in v["sizes"].items())
         modes = ", ".join(f"{k}: {n}" for k, n in v["modes"].items())
-        md.append(f"| {c} | {v['images']} | {sizes} | {modes} | {v['brightness_mean']} ± {v['brightness_std']} |")
-    md += ["", "## Class balance", "", "| class | " + " | ".join(SPLIT_ORDER) + " | total |",
-           "|---|" + "---|" * (len(SPLIT_ORDER) + 1)]
+        md.append(
+            f"| {c} | {v['images']} | {sizes} | {modes} | {v['brightness_mean']} ± {v['brightness_std']} |"
+        )
+    md += [
+        "",
+        "## Class balance",
+        "",
+        "| class | " + " | ".join(SPLIT_ORDER) + " | total |",
+        "|---|" + "---|" * (len(SPLIT_ORDER) + 1),
+    ]
     for c, total in bal["counts"].items():
         md.append(f"| {c} | " + " | ".join(str(bal["by_split"][s][c]) for s in SPLIT_ORDER) + f" | {total} |")
     md += ["", f"Largest/smallest class: {bal['imbalance_ratio']}.", ""]
     prep = report["prepare"]
-    md += ["## What prepare left out", "",
-           f"- skipped (unreadable or malformed, with on_bad_* = skip): {prep['skipped']}",
-           f"- excluded by the labelling rule: {prep['excluded'] or 'none'}",
-           f"- dedup = {prep['dedup']['mode']}: {prep['dedup']['dropped']} dropped", ""]
+    md += [
+        "## What prepare left out",
+        "",
+        f"- skipped (unreadable or malformed, with on_bad_* = skip): {prep['skipped']}",
+        f"- excluded by the labelling rule: {prep['excluded'] or 'none'}",
+        f"- dedup = {prep['dedup']['mode']}: {prep['dedup']['dropped']} dropped",
+        "",
+    ]
     return "\n".join(md)

@@ -68,8 +68,9 @@ def load_dataset(data: DataConfig, progress: bool = False) -> Dataset:
     if info is None or info.get("config_sha1") != config_sha1(data) or not _cache_path(out, info).is_dir():
         prepare(data, progress=progress)
         info = _read_info(out)
-    metadata = pd.read_csv(out / "metadata.csv", dtype={"subject": str, "path": str, "label": str},
-                           keep_default_na=False)
+    metadata = pd.read_csv(
+        out / "metadata.csv", dtype={"subject": str, "path": str, "label": str}, keep_default_na=False
+    )
     cache = _cache_path(out, info)
     images = np.load(cache / "images.npy", mmap_mode="r")
     masks = np.load(cache / "masks.npy", mmap_mode="r") if (cache / "masks.npy").is_file() else None

@@ -52,7 +52,7 @@ def fit_image(im: Image.Image, size: int, channels: int) -> np.ndarray:
 
 
 def decode_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, int, int]:
-    """Decode an image file to uint8 ``[channels, size, size]``; returns it with the original width, height."""
+    """Decode an image file to uint8 ``[channels, size, size]``; also returns its original width, height."""
     arr, width, height, _ = _decode_with_mode(path, size, channels)
     return arr, width, height
 
@@ -105,7 +105,9 @@ def decode_files(root: Path, paths: list[str], size: int, channels: int, progres
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(lambda p: decode_file(root, p, size, channels), paths, chunksize=64)
-        for rel, row, err in tqdm(results, total=len(paths), desc="decode", disable=not progress, leave=False):
+        for rel, row, err in tqdm(
+            results, total=len(paths), desc="decode", disable=not progress, leave=False
+        ):
             if err is None:
                 decoded[rel] = row
             else:

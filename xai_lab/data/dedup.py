@@ -55,6 +55,8 @@ def dedup_rows(table: pd.DataFrame, mode: str) -> tuple[np.ndarray, list[dict]]:
                 reasons[i] = f"duplicate of {paths[live[0]]}"
     for i in reasons:
         drop[i] = True
-    dropped = [{"path": str(paths[i]), "label": str(labels[i]), "split": str(splits[i]), "reason": reasons[i]}
-               for i in sorted(reasons)]
+    dropped = [
+        {"path": str(paths[i]), "label": str(labels[i]), "split": str(splits[i]), "reason": reasons[i]}
+        for i in sorted(reasons)
+    ]
     return drop, dropped

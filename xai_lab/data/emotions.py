@@ -28,12 +28,16 @@ EMOTIONS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "
 
 # Other spellings found in datasets (lower case) -> the vocabulary's word.
 SYNONYMS = {
-    "happy": "happiness", "joy": "happiness",
+    "happy": "happiness",
+    "joy": "happiness",
     "surprised": "surprise",
     "sad": "sadness",
-    "angry": "anger", "mad": "anger",
+    "angry": "anger",
+    "mad": "anger",
     "disgusted": "disgust",
-    "fearful": "fear", "afraid": "fear", "scared": "fear",
+    "fearful": "fear",
+    "afraid": "fear",
+    "scared": "fear",
     "contemptuous": "contempt",
     "calm": "neutral",
 }
@@ -65,6 +69,7 @@ class SharedClasses:
 
 def shared_classes(model_classes: list[str], data_classes: list[str]) -> SharedClasses:
     """Line up two class lists on the vocabulary (unmapped names match only themselves)."""
+
     def key(c: str) -> str:
         return canonical(c) or c
 

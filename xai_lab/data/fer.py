@@ -79,7 +79,9 @@ def read_fer2013_csv(path: Path) -> pd.DataFrame:
         header = next(reader, None)
         cols = [c.strip() for c in header] if header else []
         if not {"emotion", "pixels", "Usage"} <= set(cols):
-            raise UserError(f"{path} line 1: expected the header emotion,pixels,Usage, got {','.join(cols) or 'nothing'}")
+            raise UserError(
+                f"{path} line 1: expected the header emotion,pixels,Usage, got {','.join(cols) or 'nothing'}"
+            )
         i_emo, i_pix, i_use = cols.index("emotion"), cols.index("pixels"), cols.index("Usage")
         try:
             for rec in reader:
@@ -87,7 +89,15 @@ def read_fer2013_csv(path: Path) -> pd.DataFrame:
                 if not rec:
                     continue
                 if len(rec) != len(cols):
-                    rows.append((line, -1, "", None, f"{path.name} line {line}: {len(rec)} fields, expected {len(cols)}"))
+                    rows.append(
+                        (
+                            line,
+                            -1,
+                            "",
+                            None,
+                            f"{path.name} line {line}: {len(rec)} fields, expected {len(cols)}",
+                        )
+                    )
                     continue
                 emo_text, usage = rec[i_emo].strip(), rec[i_use].strip()
                 emotion = int(emo_text) if emo_text.isdigit() else -1
@@ -96,7 +106,15 @@ def read_fer2013_csv(path: Path) -> pd.DataFrame:
                     why = f"emotion {emo_text!r} is not one of 0..{len(FER2013_CLASSES) - 1}"
                 elif usage not in FER2013_USAGE:
                     why = why or f"Usage {usage!r} is not one of {', '.join(FER2013_USAGE)}"
-                rows.append((line, emotion, usage, pixels if not why else None, f"{path.name} line {line}: {why}" if why else ""))
+                rows.append(
+                    (
+                        line,
+                        emotion,
+                        usage,
+                        pixels if not why else None,
+                        f"{path.name} line {line}: {why}" if why else "",
+                    )
+                )
         except csv.Error as e:
             raise UserError(f"{path} line {reader.line_num}: not valid CSV ({e})") from None
     return pd.DataFrame(rows, columns=["line", "emotion", "usage", "_pixels", "_error"])
@@ -151,7 +169,9 @@ def ferplus_label(votes: np.ndarray, mode: str) -> tuple[int, str, np.ndarray | 
             return -1, FERPLUS_VOTES[n_emo + int(other.argmax())] if other.max() > 0 else "no votes", None
         p = emo / emo.sum()
         return int(p.argmax()), "", p
-    raise UserError(f"config key 'data.ferplus.label_mode' must be majority, plurality or probability, got {mode!r}")
+    raise UserError(
+        f"config key 'data.ferplus.label_mode' must be majority, plurality or probability, got {mode!r}"
+    )
 
 
 def _layout(data: DataConfig, folders_found: bool, csv_name: str) -> str:
@@ -180,22 +200,28 @@ class FER2013Source(Source):
         if layout == "csv":
             return self._list_csv(root / FER2013_CSV)
         if not split_folders(root):
-            raise UserError(f"FER2013 folders not found: expected {root}/train/<class>/*.jpg and {root}/test/<class>/"
-                            f"*.jpg (or {root}/{FER2013_CSV} with data.layout=csv)")
+            raise UserError(
+                f"FER2013 folders not found: expected {root}/train/<class>/*.jpg and {root}/test/<class>/"
+                f"*.jpg (or {root}/{FER2013_CSV} with data.layout=csv)"
+            )
         return super().list_images(data)
 
     def _list_csv(self, path: Path) -> pd.DataFrame:
         raw = read_fer2013_csv(path)
         good = raw["_error"] == ""
-        return pd.DataFrame({
-            "path": [f"{path.name}#{n}" for n in raw["line"]],
-            "label": [FER2013_CLASSES[e] if ok else "" for e, ok in zip(raw["emotion"], good)],
-            "subject": [f"{path.stem}_{n}" for n in raw["line"]],
-            "split": [FER2013_USAGE.get(u, "") for u in raw["usage"]],
-            "usage": raw["usage"],
-            "_pixels": raw["_pixels"],
-            "_error": raw["_error"],
-        })
+        return pd.DataFrame(
+            {
+                "path": [f"{path.name}#{n}" for n in raw["line"]],
+                "label": [
+                    FER2013_CLASSES[e] if ok else "" for e, ok in zip(raw["emotion"], good, strict=True)
+                ],
+                "subject": [f"{path.stem}_{n}" for n in raw["line"]],
+                "split": [FER2013_USAGE.get(u, "") for u in raw["usage"]],
+                "usage": raw["usage"],
+                "_pixels": raw["_pixels"],
+                "_error": raw["_error"],
+            }
+        )
 
 
 @register_source
@@ -215,8 +241,10 @@ class FERPlusSource(Source):
             table = self._list_csv(root)
         else:
             if "FER2013Train" not in found:
-                raise UserError(f"FER+ folders not found: expected {root}/FER2013Train/label.csv (and FER2013Valid, "
-                                f"FER2013Test), or {root}/{FERPLUS_CSV} with {root}/{FER2013_CSV} and data.layout=csv")
+                raise UserError(
+                    f"FER+ folders not found: expected {root}/FER2013Train/label.csv (and FER2013Valid, "
+                    f"FER2013Test), or {root}/{FERPLUS_CSV} with {root}/{FER2013_CSV} and data.layout=csv"
+                )
             table = pd.concat([self._list_folder(root, f) for f in found], ignore_index=True)
         return self._label(table, data.ferplus.label_mode)
 
@@ -233,10 +261,21 @@ class FERPlusSource(Source):
                     where, name = f"{folder}/label.csv line {reader.line_num}", rec[0].strip()
                     votes, why = _votes(rec[2:])
                     if len(rec) != 2 + len(FERPLUS_VOTES):
-                        votes, why = None, f"{len(rec)} fields, expected {2 + len(FERPLUS_VOTES)} (image, box, 10 votes)"
+                        votes, why = (
+                            None,
+                            f"{len(rec)} fields, expected {2 + len(FERPLUS_VOTES)} (image, box, 10 votes)",
+                        )
                     elif not why and not (root / folder / name).is_file():
                         why = f"names a missing image {folder}/{name}"
-                    rows.append((f"{folder}/{name}", name, FERPLUS_FOLDERS[folder], votes, f"{where}: {why}" if why else ""))
+                    rows.append(
+                        (
+                            f"{folder}/{name}",
+                            name,
+                            FERPLUS_FOLDERS[folder],
+                            votes,
+                            f"{where}: {why}" if why else "",
+                        )
+                    )
             except csv.Error as e:
                 raise UserError(f"{path} line {reader.line_num}: not valid CSV ({e})") from None
         return pd.DataFrame(rows, columns=["path", "image", "split", "_votes", "_error"])
@@ -254,20 +293,39 @@ class FERPlusSource(Source):
                 raise UserError(f"{plus_path} line 1: expected the header {','.join(expected)}")
             for rec in reader:
                 if rec:
-                    votes, why = _votes(rec[2:]) if len(rec) == len(expected) else (None, f"{len(rec)} fields")
-                    rows.append((reader.line_num, rec[0].strip(), rec[1].strip() if len(rec) > 1 else "", votes, why))
+                    votes, why = (
+                        _votes(rec[2:]) if len(rec) == len(expected) else (None, f"{len(rec)} fields")
+                    )
+                    rows.append(
+                        (reader.line_num, rec[0].strip(), rec[1].strip() if len(rec) > 1 else "", votes, why)
+                    )
         if len(rows) != len(fer):
-            raise UserError(f"{plus_path} has {len(rows)} rows but {root / FER2013_CSV} has {len(fer)}: FER+ joins "
-                            "them row by row, so both must be the complete files")
+            raise UserError(
+                f"{plus_path} has {len(rows)} rows but {root / FER2013_CSV} has {len(fer)}: FER+ joins "
+                "them row by row, so both must be the complete files"
+            )
         out = []
-        for (line, usage, image, votes, why), (_, f_row) in zip(rows, fer.iterrows()):
+        for (line, usage, image, votes, why), (_, f_row) in zip(rows, fer.iterrows(), strict=True):
             if usage != f_row["usage"] and not why:
-                raise UserError(f"{plus_path} line {line} says Usage {usage!r} but {FER2013_CSV} line {f_row['line']} "
-                                f"says {f_row['usage']!r}: the files are not aligned")
+                raise UserError(
+                    f"{plus_path} line {line} says Usage {usage!r} but {FER2013_CSV} line {f_row['line']} "
+                    f"says {f_row['usage']!r}: the files are not aligned"
+                )
             error = f"{FERPLUS_CSV} line {line}: {why}" if why else f_row["_error"]
-            out.append((f"{FER2013_CSV}#{f_row['line']}", image, FER2013_USAGE.get(usage, ""), votes, error,
-                        f_row["_pixels"], "" if image else "no image name (dropped by FER+)"))
-        return pd.DataFrame(out, columns=["path", "image", "split", "_votes", "_error", "_pixels", "_excluded"])
+            out.append(
+                (
+                    f"{FER2013_CSV}#{f_row['line']}",
+                    image,
+                    FER2013_USAGE.get(usage, ""),
+                    votes,
+                    error,
+                    f_row["_pixels"],
+                    "" if image else "no image name (dropped by FER+)",
+                )
+            )
+        return pd.DataFrame(
+            out, columns=["path", "image", "split", "_votes", "_error", "_pixels", "_excluded"]
+        )
 
     def _label(self, table: pd.DataFrame, mode: str) -> pd.DataFrame:
         """Votes -> label (per ``mode``), vote columns, vote entropy and, for probability, ``p_<class>``."""
@@ -288,9 +346,15 @@ class FERPlusSource(Source):
             labels[i] = FERPLUS_CLASSES[idx]
             if p is not None:
                 probs[i] = p
-        out = pd.DataFrame({"path": table["path"], "label": labels,
-                            "subject": table["image"].map(lambda s: Path(s).stem if s else ""), "split": table["split"],
-                            "image": table["image"]})
+        out = pd.DataFrame(
+            {
+                "path": table["path"],
+                "label": labels,
+                "subject": table["image"].map(lambda s: Path(s).stem if s else ""),
+                "split": table["split"],
+                "image": table["image"],
+            }
+        )
         for j, name in enumerate(FERPLUS_VOTES):
             out[f"votes_{name}"] = votes[:, j].astype(int)
         out["vote_entropy"] = vote_entropy(votes).round(4)

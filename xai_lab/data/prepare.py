@@ -2,11 +2,11 @@
 
 Output, under ``<data.processed_root>/<data.name>/``::
 
-    metadata.csv              path,label,label_idx,subject,width,height,sha1 (+ source columns, mode, split[, fold])
-    splits/{train,val,test}.csv  the same columns, one file per split (the holdout split)
-    splits/fold<i>/{train,val,test}.csv  with data.folds = k: fold i's split (test = fold i, val = fold i+1)
-    dataset.json              class names, counts, split sizes, skipped / excluded / deduplicated rows, the config
-    audit.json, audit.md      duplicates, leakage, label conflicts, per-class statistics (:mod:`.audit`)
+    metadata.csv          path,label,label_idx,subject,width,height,sha1 (+ mode, split, fold...)
+    splits/{train,val,test}.csv          the same columns, one file per split (the holdout split)
+    splits/fold<i>/{train,val,test}.csv  with data.folds = k: fold i (test = fold i, val = fold i+1)
+    dataset.json          class names, counts, split sizes, skipped / excluded / deduplicated rows, config
+    audit.json, audit.md  duplicates, leakage, label conflicts, per-class statistics (:mod:`.audit`)
     cache/<key>/images.npy    every image decoded once: uint8 [N, C, S, S], rows as in metadata.csv
     cache/<key>/masks.npy     ground-truth masks (bool [N, 1, S, S]) where the source has them
 
@@ -87,8 +87,10 @@ def prepare(data: DataConfig, progress: bool = False, audit: bool = True) -> Pat
     bad_rows = list(table.loc[table["_error"] != "", ["path", "_error"]].itertuples(index=False, name=None))
     if bad_rows and data.on_bad_row == "error":
         messages = [why for _, why in bad_rows]
-        raise UserError(f"{len(bad_rows)} malformed row(s) in {root}: {_shown(messages)}; fix them, or set "
-                        "data.on_bad_row=skip to leave them out")
+        raise UserError(
+            f"{len(bad_rows)} malformed row(s) in {root}: {_shown(messages)}; fix them, or set "
+            "data.on_bad_row=skip to leave them out"
+        )
     table = table[table["_error"] == ""]
     unknown = sorted(set(table["label"]) - set(class_names))
     if unknown:
@@ -103,7 +105,8 @@ def prepare(data: DataConfig, progress: bool = False, audit: bool = True) -> Pat
         shown = "; ".join(f"{root / p}: {why}" for p, why in bad[:3])
         more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
         raise UserError(
-            f"{len(bad)} unreadable image(s): {shown}{more}; fix or remove them, or set data.on_bad_image=skip"
+            f"{len(bad)} unreadable image(s): {shown}{more}; fix or remove them, "
+            "or set data.on_bad_image=skip"
         )
     table = table[[p in decoded for p in table["path"]]].reset_index(drop=True)
     if table.empty:
@@ -125,8 +128,10 @@ def prepare(data: DataConfig, progress: bool = False, audit: bool = True) -> Pat
     given = "split" in table.columns
     if given:
         if data.folds:
-            raise UserError(f"data.folds={data.folds}: the {data.source} data in {root} comes with its own split, "
-                            "so k-fold does not apply; set data.folds=0")
+            raise UserError(
+                f"data.folds={data.folds}: the {data.source} data in {root} comes with its own split, "
+                "so k-fold does not apply; set data.folds=0"
+            )
         split_idx = given_split_indices(labels, table["split"].to_numpy(), fractions, data.split_seed, groups)
     else:
         split_idx = split_indices(labels, fractions, data.split_seed, groups)

@@ -32,8 +32,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 __all__ = ["MASK_SUFFIX", "IMAGE_SUFFIXES", "Source", "get_source", "list_sources", "register_source"]
 
 # Folder names of a dataset that ships its own split ({train,val,test}/<class>/...).
-SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "test": "test", "testing": "test"}
+SPLIT_FOLDERS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 SOURCES: dict[str, Source] = {}
 
@@ -96,7 +103,7 @@ def split_folders(root: Path) -> dict[str, str]:
 
 @register_source
 class Source:
-    """Any ImageFolder-style dataset: ``<root>/<class>/<image>``, or ``<root>/{train,val,test}/<class>/<image>``.
+    """Any ImageFolder dataset: ``<root>/<class>/<image>``, or ``<root>/{train,val,test}/<class>/<image>``.
 
     In the second layout the dataset's own split is kept (a missing val is carved from train).
     """
@@ -133,19 +140,24 @@ class Source:
         splits = split_folders(root)
         classes = self.class_names(data)
         rows = []
-        for folder, split in (splits.items() if splits else [("", None)]):
+        for folder, split in splits.items() if splits else [("", None)]:
             base = root / folder if folder else root
-            for label in (_subfolders(base) if folder else classes):
+            for label in _subfolders(base) if folder else classes:
                 if label not in classes:
-                    raise UserError(f"unexpected class folder {base / label}; valid classes: {', '.join(classes)}")
+                    raise UserError(
+                        f"unexpected class folder {base / label}; valid classes: {', '.join(classes)}"
+                    )
                 files = _image_files(base / label)
                 if not files:
                     raise UserError(
                         f"empty class folder: {base / label} holds no images ({', '.join(IMAGE_SUFFIXES)})"
                     )
                 for p in files:
-                    row = {"path": p.relative_to(root).as_posix(), "label": label,
-                           "subject": subject_of(p.name, data.subject_pattern)}
+                    row = {
+                        "path": p.relative_to(root).as_posix(),
+                        "label": label,
+                        "subject": subject_of(p.name, data.subject_pattern),
+                    }
                     if split:
                         row["split"] = split
                     rows.append(row)
@@ -158,7 +170,8 @@ class Source:
         """
         if "_pixels" in table.columns:
             decoded: dict[str, Decoded] = {
-                p: decode_pixels(px, data.image_size, data.channels) for p, px in zip(table["path"], table["_pixels"])
+                p: decode_pixels(px, data.image_size, data.channels)
+                for p, px in zip(table["path"], table["_pixels"], strict=True)
             }
             return decoded, []
         return decode_files(Path(data.root), table["path"].tolist(), data.image_size, data.channels, progress)
@@ -222,8 +235,9 @@ class SynthFacesSource(Source):
         if root.exists() and any(root.iterdir()):
             raise UserError(f"{root} exists but holds no synthfaces labels.csv; remove it or set data.root")
         s = data.synthfaces
-        faces = synthfaces.generate(n_per_class=s.n_per_class, label_noise=s.label_noise, seed=s.seed,
-                                    size=data.image_size)
+        faces = synthfaces.generate(
+            n_per_class=s.n_per_class, label_noise=s.label_noise, seed=s.seed, size=data.image_size
+        )
         if root.exists():
             root.rmdir()
         synthfaces.write_folder(faces, root)
@@ -237,7 +251,9 @@ class SynthFacesSource(Source):
         """The folder listing joined with labels.csv (clean label, flip flag, subject)."""
         root = Path(data.root)
         labels = pd.read_csv(root / "labels.csv")
-        table = labels.rename(columns={"file": "path"})[["path", "label", "subject", "clean_label", "label_flipped"]]
+        table = labels.rename(columns={"file": "path"})[
+            ["path", "label", "subject", "clean_label", "label_flipped"]
+        ]
         missing = [p for p in table["path"] if not (root / p).is_file()]
         if missing:
             raise UserError(f"{root}/labels.csv names {len(missing)} missing image(s), e.g. {missing[0]}")

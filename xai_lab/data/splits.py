@@ -48,7 +48,9 @@ def split_indices(
         else:
             groups = np.asarray(groups)
             rest, test = _group_holdout(idx, labels, groups, test_frac, seed)
-            train, val = _group_holdout(rest, labels[rest], groups[rest], val_frac / (1.0 - test_frac), seed + 1)
+            train, val = _group_holdout(
+                rest, labels[rest], groups[rest], val_frac / (1.0 - test_frac), seed + 1
+            )
     except ValueError as e:
         raise UserError(f"cannot split {len(labels)} images into fractions {fractions}: {e}") from None
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
@@ -97,11 +99,14 @@ def given_split_indices(
             if groups is None:
                 parts["train"], parts["val"] = _holdout(train, labels[train], frac, seed)
             else:
-                parts["train"], parts["val"] = _group_holdout(train, labels[train], np.asarray(groups)[train], frac,
-                                                              seed)
+                parts["train"], parts["val"] = _group_holdout(
+                    train, labels[train], np.asarray(groups)[train], frac, seed
+                )
         except ValueError as e:
-            raise UserError(f"cannot carve val ({frac:.3g} of {len(train)} train images) from the dataset's train "
-                            f"split: {e}") from None
+            raise UserError(
+                f"cannot carve val ({frac:.3g} of {len(train)} train images) from the dataset's train "
+                f"split: {e}"
+            ) from None
     return {name: np.sort(idx) for name, idx in parts.items()}
 
 

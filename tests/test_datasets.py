@@ -16,8 +16,15 @@ from xai_lab.data.prepare import prepare
 from xai_lab.data.sources import list_sources
 from xai_lab.errors import UserError
 
-CKPLUS_COUNTS = {"anger": 135, "contempt": 54, "disgust": 177, "fear": 75, "happy": 207, "sadness": 84,
-                 "surprise": 249}
+CKPLUS_COUNTS = {
+    "anger": 135,
+    "contempt": 54,
+    "disgust": 177,
+    "fear": 75,
+    "happy": 207,
+    "sadness": 84,
+    "surprise": 249,
+}
 
 
 def data_config(tmp, **values) -> DataConfig:
@@ -34,8 +41,9 @@ def test_every_registered_source_is_a_config_choice():
 @pytest.fixture(scope="module")
 def ckplus(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ckplus")
-    data = data_config(tmp, source="ckplus", root=str(SHARED / "ckplus48"), name="ckplus", group_by_subject=True,
-                       folds=10)
+    data = data_config(
+        tmp, source="ckplus", root=str(SHARED / "ckplus48"), name="ckplus", group_by_subject=True, folds=10
+    )
     out = prepare(data)
     return data, out
 
@@ -63,10 +71,16 @@ def test_ckplus_ten_folds_test_every_image_once_and_never_split_a_subject(ckplus
     assert (meta.groupby("subject")["fold"].nunique() == 1).all()
     tested = []
     for k in range(10):
-        parts = {s: pd.read_csv(out / "splits" / f"fold{k}" / f"{s}.csv", dtype={"subject": str})
-                 for s in ("train", "val", "test")}
+        parts = {
+            s: pd.read_csv(out / "splits" / f"fold{k}" / f"{s}.csv", dtype={"subject": str})
+            for s in ("train", "val", "test")
+        }
         subjects = [set(p["subject"]) for p in parts.values()]
-        assert not (subjects[0] & subjects[1]) and not (subjects[0] & subjects[2]) and not (subjects[1] & subjects[2])
+        assert (
+            not (subjects[0] & subjects[1])
+            and not (subjects[0] & subjects[2])
+            and not (subjects[1] & subjects[2])
+        )
         assert sum(len(p) for p in parts.values()) == 981
         assert 80 <= len(parts["test"]) <= 120
         tested += parts["test"]["path"].tolist()
@@ -83,8 +97,12 @@ def test_ckplus_audit(ckplus):
     assert audit["subjects"]["in_more_than_one_split"] == 0
     assert audit["subjects"]["per_fold"] == [0] * 10
     near = audit["near_duplicates"]
-    assert near["pairs"] > 300 and near["across_splits"] == 0 and near["across_classes"] == 0  # frames of a sequence
-    assert audit["per_class"]["happy"]["sizes"] == {"48x48": 207} and audit["per_class"]["happy"]["modes"] == {"L": 207}
+    assert (
+        near["pairs"] > 300 and near["across_splits"] == 0 and near["across_classes"] == 0
+    )  # frames of a sequence
+    assert audit["per_class"]["happy"]["sizes"] == {"48x48": 207} and audit["per_class"]["happy"][
+        "modes"
+    ] == {"L": 207}
     assert audit["class_balance"]["counts"] == CKPLUS_COUNTS
     assert (out / "audit.md").read_text().startswith("# Data audit: ckplus")
 
@@ -92,9 +110,16 @@ def test_ckplus_audit(ckplus):
 # --- FER2013 --------------------------------------------------------------------------------------
 
 # Real faults of the sample: byte-identical images under two classes, and in both train and test.
-FER_CONFLICT = {"train/angry/Training_71646870.jpg", "train/sad/Training_93190350.jpg", "train/sad/Training_95029336.jpg"}
-FER_LEAK = {"test/angry/PublicTest_87724897.jpg", "train/angry/Training_52193451.jpg",
-            "train/angry/Training_56677459.jpg"}
+FER_CONFLICT = {
+    "train/angry/Training_71646870.jpg",
+    "train/sad/Training_93190350.jpg",
+    "train/sad/Training_95029336.jpg",
+}
+FER_LEAK = {
+    "test/angry/PublicTest_87724897.jpg",
+    "train/angry/Training_52193451.jpg",
+    "train/angry/Training_56677459.jpg",
+}
 
 
 def _groups(audit: dict) -> list[set]:
@@ -106,11 +131,20 @@ def test_fer2013_folders_keep_the_test_folder_and_audit_finds_the_faults(tmp_pat
     out = prepare(data)
     meta = pd.read_csv(out / "metadata.csv")
     assert len(meta) == 231
-    assert (meta["split"] == "test").sum() == 108 and set(meta.loc[meta["split"] == "test", "path"].str[:5]) == {"test/"}
+    assert (meta["split"] == "test").sum() == 108 and set(
+        meta.loc[meta["split"] == "test", "path"].str[:5]
+    ) == {"test/"}
     assert set(meta.loc[meta["split"] != "test", "path"].str[:6]) == {"train/"}
     assert (meta["split"] == "val").sum() > 0
     assert list(json.loads((out / "dataset.json").read_text())["class_names"]) == [
-        "angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+        "angry",
+        "disgust",
+        "fear",
+        "happy",
+        "sad",
+        "surprise",
+        "neutral",
+    ]
     audit = json.loads((out / "audit.json").read_text())
     ex = audit["exact_duplicates"]
     assert ex["groups"] == 4 and ex["images"] == 21
@@ -143,7 +177,9 @@ def test_fer2013_csv_usage_becomes_the_split(tmp_path):
 def test_dedup_modes_on_the_fer2013_sample(tmp_path):
     kept = {}
     for mode in ("drop_conflicts", "drop_cross_split", "drop_all"):
-        data = data_config(tmp_path, source="fer2013", root=str(SHARED / "fer2013-sample"), name=mode, dedup=mode)
+        data = data_config(
+            tmp_path, source="fer2013", root=str(SHARED / "fer2013-sample"), name=mode, dedup=mode
+        )
         out = prepare(data)
         info = json.loads((out / "dataset.json").read_text())
         audit = json.loads((out / "audit.json").read_text())
@@ -169,7 +205,10 @@ def test_ferplus_label_rules():
     # majority (Barsoum et al.): single votes dropped, > half of the remaining votes needed.
     assert ferplus_label(v([7, 0, 0, 2, 0, 0, 0, 0, 1, 0]), "majority")[:2] == (0, "")
     assert ferplus_label(v([4, 4, 2, 0, 0, 0, 0, 0, 0, 0]), "majority")[:2] == (-1, "no majority")
-    assert ferplus_label(v([5, 4, 1, 0, 0, 0, 0, 0, 0, 0]), "majority")[:2] == (0, "")  # 5 > 9/2 once the 1 is gone
+    assert ferplus_label(v([5, 4, 1, 0, 0, 0, 0, 0, 0, 0]), "majority")[:2] == (
+        0,
+        "",
+    )  # 5 > 9/2 once the 1 is gone
     assert ferplus_label(v([2, 0, 0, 0, 0, 0, 0, 0, 8, 0]), "majority")[:2] == (-1, "unknown")
     assert ferplus_label(v([0, 0, 0, 0, 0, 0, 0, 0, 0, 10]), "majority")[:2] == (-1, "NF")
     # plurality: the most votes; ties left out.
@@ -190,15 +229,27 @@ def test_ferplus_folders_majority(tmp_path):
     assert ds.class_names == list(FERPLUS_CLASSES) and "contempt" in ds.class_names
     assert info["excluded"] == {"no majority": 6} and len(meta) == 75 - 6
     row = meta.set_index("path").loc["FER2013Train/fer0001388.png"]  # votes 7,0,0,2,0,0,0,0,1,0
-    assert row["label"] == "neutral" and row["votes_sadness"] == 2 and row["vote_entropy"] == pytest.approx(1.1568)
+    assert (
+        row["label"] == "neutral"
+        and row["votes_sadness"] == 2
+        and row["vote_entropy"] == pytest.approx(1.1568)
+    )
     assert meta.groupby("split")["path"].apply(lambda p: set(p.str.split("/").str[0])).to_dict() == {
-        "train": {"FER2013Train"}, "val": {"FER2013Valid"}, "test": {"FER2013Test"}}
+        "train": {"FER2013Train"},
+        "val": {"FER2013Valid"},
+        "test": {"FER2013Test"},
+    }
     assert ds.splits["train"].soft_targets is None
 
 
 def test_ferplus_probability_gives_soft_targets(tmp_path):
-    data = data_config(tmp_path, source="ferplus", root=str(SHARED / "ferplus-sample"), name="fpp",
-                       ferplus={"label_mode": "probability"})
+    data = data_config(
+        tmp_path,
+        source="ferplus",
+        root=str(SHARED / "ferplus-sample"),
+        name="fpp",
+        ferplus={"label_mode": "probability"},
+    )
     ds = load_dataset(data)
     soft = ds.splits["train"].soft_targets
     assert soft is not None and soft.shape == (len(ds.splits["train"]), 8)
@@ -219,8 +270,13 @@ def _ferplus_csv_pair(tmp_path, n=30):
 
 def test_ferplus_csv_pair_joins_row_by_row(tmp_path):
     fer, new = _ferplus_csv_pair(tmp_path)
-    data = data_config(tmp_path / "p", source="ferplus", root=str(tmp_path), name="fpcsv",
-                       ferplus={"label_mode": "plurality"})
+    data = data_config(
+        tmp_path / "p",
+        source="ferplus",
+        root=str(tmp_path),
+        name="fpcsv",
+        ferplus={"label_mode": "plurality"},
+    )
     ds = load_dataset(data)
     meta = pd.read_csv(tmp_path / "p" / "fpcsv" / "metadata.csv")
     info = json.loads((tmp_path / "p" / "fpcsv" / "dataset.json").read_text())

@@ -153,6 +153,7 @@ def test_fer2013_folders_keep_the_test_folder_and_audit_finds_the_faults(tmp_pat
     assert FER_CONFLICT in groups and FER_LEAK in groups
     assert audit["label_conflicts"]["groups"] == 3
     assert any("leakage" in w for w in audit["warnings"])
+    assert audit["blank_images"]["images"] == 12  # the all-black image, filed under five classes
 
 
 def test_fer2013_csv_usage_becomes_the_split(tmp_path):

@@ -12,6 +12,7 @@ beside ``metadata.csv``. Findings:
   are exact duplicates, not counted here). The pixel check matters for aligned face crops: on
   CK+ a pHash alone matches the same person's different expressions (mean difference 13-50),
   while consecutive frames of one sequence differ by 2-6;
+- blank images (a single gray level; FER2013 holds all-black ones);
 - subjects found in more than one split (and in more than one split of any fold);
 - per class: original image sizes and modes, and brightness (mean gray level of the decoded
   images), flagged when a class differs from the rest (the "one class has another resolution" check);
@@ -37,6 +38,7 @@ from xai_lab.data.dedup import duplicate_groups
 from xai_lab.errors import UserError
 
 SPLIT_ORDER = ("train", "val", "test")
+BLANK_RANGE = 2  # an image whose gray levels span at most this is blank
 MIN_CLASS_FOR_STATS = 10  # brightness of a class with fewer images is reported, not flagged
 
 
@@ -214,8 +216,20 @@ def audit_table(
                 f"subjects cross splits in {sum(c > 0 for c in per_fold)} of {len(per_fold)} folds"
             )
 
+    # --- blank images (one gray level: FER2013 has all-black ones) ---------------------------
+    flat = images.reshape(n, -1) if n else np.empty((0, 1), dtype=np.uint8)
+    blank_idx = np.flatnonzero(flat.max(axis=1) - flat.min(axis=1) <= BLANK_RANGE) if n else np.empty(0, int)
+    blank = {
+        "images": int(len(blank_idx)),
+        "examples": [{"path": paths[k], "label": labels[k], "split": splits[k]} for k in blank_idx][
+            : cfg.max_examples
+        ],
+    }
+    if len(blank_idx):
+        warnings.append(f"{len(blank_idx)} blank image(s) (a single gray level), e.g. {paths[blank_idx[0]]}")
+
     # --- per class ------------------------------------------------------------------------
-    brightness = images.reshape(n, -1).mean(axis=1) if n else np.empty(0)
+    brightness = flat.mean(axis=1) if n else np.empty(0)
     sizes = (table["width"].astype(str) + "x" + table["height"].astype(str)).to_numpy()
     modes = table["mode"].astype(str).to_numpy() if "mode" in table else np.full(n, "?", dtype=object)
     overall_size = Counter(sizes).most_common(1)[0][0] if n else ""
@@ -255,14 +269,17 @@ def audit_table(
     # --- balance --------------------------------------------------------------------------
     by_split = {s: {c: int(((splits == s) & (labels == c)).sum()) for c in class_names} for s in SPLIT_ORDER}
     totals = {c: int((labels == c).sum()) for c in class_names}
-    present = [v for v in totals.values() if v]
-    ratio = round(max(present) / min(present), 2) if present else 0.0
+    present = {c: v for c, v in totals.items() if v}  # empty classes are warned about above
+    largest = max(present, key=present.get) if present else ""
+    smallest = min(present, key=present.get) if present else ""
+    ratio = round(present[largest] / present[smallest], 2) if present else 0.0
     balance = {
         "counts": totals,
         "by_split": by_split,
         "imbalance_ratio": ratio,
-        "largest": max(totals, key=totals.get) if n else "",
-        "smallest": min(totals, key=totals.get) if n else "",
+        "largest": largest,
+        "smallest": smallest,
+        "empty_classes": [c for c, v in totals.items() if not v],
     }
     if ratio >= 5:
         warnings.append(
@@ -282,6 +299,7 @@ def audit_table(
         "exact_duplicates": exact,
         "label_conflicts": {"groups": len(conflicts), "examples": conflicts[: cfg.max_examples]},
         "near_duplicates": near,
+        "blank_images": blank,
         "subjects": subject_info,
         "per_class": per_class,
         "class_balance": balance,
@@ -352,6 +370,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"gray difference <= {near['max_pixel_delta']:g}): "
         f"{near['pairs']} pair(s); "
         f"{near['across_splits']} across splits, {near['across_classes']} across classes",
+        f"  blank images: {report['blank_images']['images']}",
         f"  subjects: {subj['subjects']}, in more than one split: {subj['in_more_than_one_split']}"
         + (
             f"; folds with a subject in two splits: {subj['folds_with_subject_in_two_splits']}"

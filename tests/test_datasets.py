@@ -292,10 +292,17 @@ def test_ferplus_csv_pair_joins_row_by_row(tmp_path):
         prepare(data_config(tmp_path / "q", source="ferplus", root=str(tmp_path), name="x"))
 
 
-def test_folder_source_reads_an_imagefolder(tmp_path):
-    for cls, value in (("a", 10), ("b", 200)):
+def test_folder_source_and_the_audit_flag_a_class_stored_at_another_resolution(tmp_path):
+    for cls, value, size in (("a", 10, 48), ("b", 200, 64), ("c", 100, 48)):
         (tmp_path / "raw" / cls).mkdir(parents=True)
         for i in range(10):
-            Image.fromarray(np.full((48, 48), value + i, np.uint8)).save(tmp_path / "raw" / cls / f"{i}.png")
-    ds = load_dataset(data_config(tmp_path, source="folder", root=str(tmp_path / "raw"), name="f"))
-    assert ds.class_names == ["a", "b"] and sum(len(s) for s in ds.splits.values()) == 20
+            img = np.full((size, size), value + i, np.uint8)
+            Image.fromarray(img).save(tmp_path / "raw" / cls / f"{i}.png")
+    data = data_config(tmp_path, source="folder", root=str(tmp_path / "raw"), name="f")
+    ds = load_dataset(data)
+    assert ds.class_names == ["a", "b", "c"] and sum(len(s) for s in ds.splits.values()) == 30
+    assert ds.splits["train"].images.shape[1:] == (1, 48, 48)
+    audit = json.loads((tmp_path / "f" / "audit.json").read_text())
+    assert audit["per_class"]["b"]["sizes"] == {"64x64": 10}
+    assert any("class b: most images are 64x64" in w for w in audit["warnings"])
+    assert any("class b: mean brightness" in w for w in audit["warnings"])

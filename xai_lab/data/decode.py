@@ -24,6 +24,8 @@ class BadImage(Exception):
 
 
 class Decoded(NamedTuple):
+    """One decoded image and what the manifest and the audit record about it."""
+
     image: np.ndarray  # uint8 [C, S, S]
     mask: np.ndarray | None  # bool [S, S]
     width: int

@@ -42,6 +42,7 @@ _NOT_HASHED = ("fold", "audit")
 
 
 def processed_dir(data: DataConfig) -> Path:
+    """``<data.processed_root>/<data.name>``: where ``prepare`` writes."""
     return Path(data.processed_root) / data.name
 
 

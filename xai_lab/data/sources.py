@@ -111,9 +111,11 @@ class Source:
     name = "folder"
 
     def default_root(self, data: DataConfig) -> str:
+        """``data.root`` when the config leaves it empty ("" : the user must give it)."""
         return ""
 
     def default_name(self, data: DataConfig) -> str:
+        """``data.name`` when the config leaves it empty: the root folder's name."""
         name = Path(data.root).name or "dataset"
         return f"{name}_limit{data.limit_per_class}" if data.limit_per_class else name
 
@@ -124,6 +126,7 @@ class Source:
             raise UserError(f"dataset folder not found: {root} (config key data.root)")
 
     def class_names(self, data: DataConfig) -> list[str]:
+        """The ordered class names (label index = position): here the sorted class folder names."""
         root = Path(data.root)
         splits = split_folders(root)
         if splits:

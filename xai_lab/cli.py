@@ -35,12 +35,11 @@ def smoke_overrides(config_path: str) -> list[str]:
     from xai_lab.config import load_experiment
 
     cfg = load_experiment(config_path)
-    per_class = (
-        f"data.synthfaces.n_per_class={SMOKE_PER_CLASS}"
-        if cfg.data.source == "synthfaces"
-        else f"data.limit_per_class={SMOKE_PER_CLASS}"
-    )
-    return [per_class, *SMOKE_OVERRIDES]
+    if cfg.data.source == "synthfaces":
+        return [f"data.synthfaces.n_per_class={SMOKE_PER_CLASS}", *SMOKE_OVERRIDES]
+    # A smoke run prepares its own small copy instead of replacing the full one.
+    return [f"data.limit_per_class={SMOKE_PER_CLASS}", f"data.name={cfg.data.name}_limit{SMOKE_PER_CLASS}",
+            *SMOKE_OVERRIDES]
 
 
 def load_config(args: argparse.Namespace):
@@ -50,9 +49,21 @@ def load_config(args: argparse.Namespace):
     return load_experiment(args.config, overrides)
 
 
-def load_run_config(args: argparse.Namespace):
-    """The config saved in a run folder, with the overrides a trained run allows."""
-    from xai_lab.config import apply_overrides, from_dict, load_saved, parse_override, to_dict
+def load_run_config(args: argparse.Namespace, data_file: str | None = None):
+    """The config saved in a run folder, with the overrides a trained run allows.
+
+    With ``data_file`` (a data or experiment YAML) its data section replaces the run's
+    (cross-dataset evaluation); ``data.*`` overrides then apply to it.
+    """
+    from xai_lab.config import (
+        apply_overrides,
+        from_dict,
+        load_saved,
+        parse_override,
+        read_data_section,
+        resolve,
+        to_dict,
+    )
     from xai_lab.runs import resolve_run_dir
 
     run_dir = resolve_run_dir(args.run_dir)
@@ -63,6 +74,14 @@ def load_run_config(args: argparse.Namespace):
         if not key.startswith(allowed):
             raise UserError(f"override '{text}' cannot change a trained run; allowed: run.*, explain.*, data.*, "
                             "train.eval_batch_size, train.amp")
+    if data_file:
+        values = to_dict(cfg)
+        values["data"] = read_data_section(data_file)
+        cfg = resolve(from_dict(apply_overrides(values, args.overrides)))
+        if getattr(args, "smoke", False):
+            cfg.data.limit_per_class = SMOKE_PER_CLASS
+            cfg.data.name = f"{cfg.data.name}_limit{SMOKE_PER_CLASS}"
+        return run_dir, cfg
     return run_dir, from_dict(apply_overrides(to_dict(cfg), args.overrides))
 
 
@@ -70,11 +89,44 @@ def load_run_config(args: argparse.Namespace):
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
+    from xai_lab.data.audit import audit_dataset, summary_lines
     from xai_lab.data.prepare import prepare
 
     cfg = load_config(args)
-    out = prepare(cfg.data, progress=cfg.run.progress)
+    out = prepare(cfg.data, progress=cfg.run.progress, audit=False)
+    report = audit_dataset(cfg.data, out)
     print(f"prepared {cfg.data.name}: {out}/metadata.csv and {out}/splits/")
+    print("\n".join(summary_lines(report)))
+    print(f"audit: {out}/audit.md")
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    from xai_lab.data.audit import run_audit, summary_lines
+
+    cfg = load_config(args)
+    report, out = run_audit(cfg.data, progress=cfg.run.progress)
+    print("\n".join(summary_lines(report)))
+    print(f"audit: {out}/audit.json, {out}/audit.md")
+
+
+def cmd_cv(args: argparse.Namespace) -> None:
+    from xai_lab.crossval import cross_validate
+
+    cfg = load_config(args)
+    only = None
+    if args.only:
+        try:
+            only = [int(f) for f in args.only.split(",") if f.strip()]
+        except ValueError:
+            raise UserError(f"--only must list fold numbers like 0,1,2, got {args.only!r}") from None
+    result = cross_validate(cfg, only)
+    acc, f1 = result["test_accuracy"], result["test_macro_f1"]
+    print(
+        f"{len(result['folds_run'])} of {result['folds']} folds: "
+        f"test accuracy {acc['mean']:.4f} ± {acc['std']:.4f}, macro-F1 {f1['mean']:.4f} ± {f1['std']:.4f} "
+        f"(pooled accuracy {result['pooled_test_accuracy']:.4f} on {result['test_images']} images)"
+    )
+    print(f"-> {result['report_dir']}/cv_summary.json")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -90,8 +142,21 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from xai_lab.data.dataset import load_dataset
-    from xai_lab.evaluate import evaluate_run
+    from xai_lab.evaluate import evaluate_other_dataset, evaluate_run
 
+    if args.data:
+        run_dir, cfg = load_run_config(args, data_file=args.data)
+        dataset = load_dataset(cfg.data, progress=cfg.run.progress)
+        summary = evaluate_other_dataset(run_dir, dataset, args.out, split=args.split, device=cfg.run.device,
+                                         max_images=SMOKE_EVAL_IMAGES if args.smoke else None)
+        print(f"{summary['trained_on']} model on {summary['dataset']} {args.split} over the shared classes "
+              f"{', '.join(summary['shared_classes'])}: accuracy {summary['accuracy']:.4f}, macro-F1 "
+              f"{summary['macro_f1']:.4f} (n={summary['n']}; left out {summary['n_left_out']} images of "
+              f"{', '.join(summary['data_only_classes']) or 'no other class'}; model-only classes: "
+              f"{', '.join(summary['model_only_classes']) or 'none'})")
+        out = Path(args.out) if args.out else _report(run_dir, None) / f"cross_{summary['dataset']}"
+        print(f"-> {out}/test_summary.json")
+        return
     run_dir, cfg = load_run_config(args)
     dataset = load_dataset(cfg.data, progress=cfg.run.progress)
     summary = evaluate_run(run_dir, args.out, dataset=dataset, split=args.split, device=cfg.run.device,
@@ -161,8 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("prepare", cmd_prepare, "manifest, stratified splits and decoded cache of a dataset")
     verb("train", cmd_train, "one training run")
+    cv = verb("cv", cmd_cv, "k-fold cross-validation (data.folds): a run per fold, mean and std of scores")
+    cv.add_argument("--only", default=None, help="comma-separated folds to run (default: all)")
+    verb("audit", cmd_audit, "duplicates, leakage, label conflicts, size/mode/brightness per class, balance")
     ev = verb("evaluate", cmd_evaluate, "test metrics of a run's best checkpoint", run_dir=True)
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--data", default=None, metavar="DATA_YAML",
+                    help="score on another dataset (configs/data/*.yaml) over the emotions both share")
     verb("plots", cmd_plots, "training curves and the confusion matrix as PNGs", run_dir=True)
     ex = verb("explain", cmd_explain, "explanation galleries of the most and least confident images", run_dir=True)
     ex.add_argument("--split", default=None, choices=["train", "val", "test"])

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
 from xai_lab.atomic import atomic_write_json
-from xai_lab.checkpoint import load_checkpoint, save_checkpoint
+from xai_lab.checkpoint import init_from_checkpoint, load_checkpoint, save_checkpoint
 from xai_lab.config import ExperimentConfig, TrainConfig, save_config, to_dict
 from xai_lab.data.augment import augment_batch
 from xai_lab.data.dataset import Dataset, load_dataset
@@ -141,6 +141,9 @@ def fit(
             ``last.pt``; returning True stops training (the sweep reports through this).
         resume_from: a ``last.pt`` to continue from (model, optimizer, schedule, epoch).
 
+    ``cfg.model.init_from`` (a run folder or checkpoint) starts the model from another run's
+    weights, with a fresh head when the classes differ (:func:`xai_lab.checkpoint.init_from_checkpoint`).
+
     Returns:
         A summary: ``best_val_macro_f1``, ``best_epoch``, ``epochs_run``, the last epoch's
         metrics, ``train_seconds``, ``images_per_second`` and ``run_dir``.
@@ -161,7 +164,12 @@ def fit(
     soft_train = None if train.soft_targets is None else to_device(train.soft_targets, device)
     x_val = to_device(val.images, device)
 
-    model = build_model(cfg.model, k, cfg.data.channels).to(device)
+    model = build_model(cfg.model, k, cfg.data.channels)
+    init_info = None
+    if cfg.model.init_from and resume_from is None:
+        init_info = init_from_checkpoint(model, cfg.model.init_from, dataset.class_names)
+        log.info("initialised from %s (head %s)", init_info["path"], init_info["head"])
+    model = model.to(device)
     if device.type == "cuda" and tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, tc)
@@ -269,6 +277,7 @@ def fit(
         "images_per_second": images_seen / train_seconds if train_seconds else 0.0,
         "wall_seconds": time.perf_counter() - t_start,
         "device": str(device),
+        "init_from": init_info,
     }
     atomic_write_json(run_dir / "train_summary.json", summary)
     return summary

@@ -28,14 +28,17 @@ from sweeps.class_maps import load_class_maps  # noqa: E402
 from sweeps.leaderboard import read_leaderboard  # noqa: E402
 from xai_lab.atomic import atomic_write_json, atomic_write_with  # noqa: E402
 from xai_lab.config import read_yaml  # noqa: E402
+from xai_lab.data.emotions import canonical  # noqa: E402
 from xai_lab.plots import save_figure  # noqa: E402
 
 IGNORED_KEYS = ("run.", "data.", "explain.")  # differ by construction between datasets
 
 
 def canonical_class(name: str) -> str:
-    """The comparable name of a class: for now its name, trimmed and lower-cased."""
-    return name.strip().lower()
+    """The comparable name of a class: its word in the shared emotion vocabulary
+    (:mod:`xai_lab.data.emotions`: angry/anger -> anger, happy -> happiness, ...), else its own
+    name, trimmed and lower-cased."""
+    return canonical(name) or name.strip().lower()
 
 
 def shared_classes(class_lists: dict[str, list[str]]) -> list[str]:

@@ -128,13 +128,13 @@ def start_ray(address: str | None, dashboard: bool, quiet: bool = False) -> str 
 # measured; the others follow from the work per image. Re-measure with benchmarks/packing.py on the GPU
 # you sweep on and move the thresholds if its figures say so.
 DEPTH_WORK = {18: 1.0, 34: 2.0, 50: 2.3}
-PACK_FRACTIONS = ((2.5, 0.25), (6.0, 0.5))  # (largest work per image relative to ResNet18@48, fraction)
+PACK_FRACTIONS = ((2.0, 0.25), (6.0, 0.5))  # (largest work per image relative to ResNet18@48, fraction)
 
 
 def packing_fraction(depth: int, input_size: int) -> float:
-    """The GPU fraction of one trial under ``resources.gpu: auto``: 0.25 (four per GPU) for ResNet18/34
-    at up to ~70 px, 0.5 (two per GPU) for mid-sized work (ResNet18 at 112 px, ResNet50 at 48 px),
-    a whole GPU for ResNet34/50 at 112 px and larger."""
+    """The GPU fraction of one trial under ``resources.gpu: auto``: 0.25 (four per GPU) for ResNet18 up
+    to ~64 px and ResNet34 at 48 px; 0.5 (two per GPU) for mid-sized work (ResNet18 at 96-112 px,
+    ResNet50 at 48 px); a whole GPU for ResNet34/50 at 96-112 px and larger."""
     work = DEPTH_WORK.get(depth, 2.3) * (input_size / 48) ** 2
     for limit, fraction in PACK_FRACTIONS:
         if work <= limit:

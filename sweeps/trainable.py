@@ -84,6 +84,8 @@ def train_trial(
                 if (Path(saved) / name).is_file():
                     shutil.copy2(Path(saved) / name, run_dir / name)
         resume_from = run_dir / "last.pt"
+        if not resume_from.is_file():
+            return  # the final checkpoint (no last.pt): the trial had finished; its results are in
 
     wanted = set(checkpoint_epochs)
 
@@ -96,7 +98,7 @@ def train_trial(
             return False
         # After the last epoch nothing resumes the trial: its checkpoint is what the fan-out reads,
         # without last.pt and its optimizer state (a ResNet18's 171 MB checkpoint becomes 43 MB).
-        final = metrics["epoch"] >= cfg.train.epochs
+        final = metrics["epoch"] >= (max(checkpoint_epochs) if checkpoint_epochs else cfg.train.epochs)
         with tempfile.TemporaryDirectory(prefix="xai-ckpt-") as tmp:
             for name in CHECKPOINT_FILES:
                 if final and name == "last.pt":

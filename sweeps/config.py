@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -98,7 +99,11 @@ class SchedulerConfig:
 
 @dataclass
 class ResourcesConfig:
-    """Per trial: CPUs and GPUs (fractions pack trials on a GPU); ``auto`` uses what Ray sees."""
+    """Per trial: CPUs and GPUs (fractions pack trials on a GPU); ``auto`` uses what Ray sees.
+
+    GPU ``auto`` packs each trial by its own depth and input size (see
+    :func:`sweeps.driver.packing_fraction` and docs/sweeps.md).
+    """
 
     cpu: float | Literal["auto"] = 1.0
     gpu: float | Literal["auto"] = "auto"
@@ -110,7 +115,7 @@ class FanoutConfig:
 
     top_k: int = field(default=3, metadata={"min": 0})
     cpu: float = field(default=1.0, metadata={"min": 0.0})
-    gpu: float = field(default=0.0, metadata={"min": 0.0})
+    gpu: float | Literal["auto"] = "auto"  # auto: 0.25 of a GPU when Ray sees GPUs (tasks share one), else 0
     methods: list[str] = field(default_factory=list)  # explainers; empty: every registered one
     split: Literal["train", "val", "test"] = "test"
     num_each: int = field(default=8, metadata={"min": 1})
@@ -132,6 +137,9 @@ class SweepConfig:
     max_failures: int = field(
         default=1, metadata={"min": 0}
     )  # retries of a raising trial, from its checkpoint
+    # Epochs between a trial's checkpoints besides the ones always taken: at ASHA's rungs (where a
+    # trial may be stopped) and at its last epoch (the fan-out's best.pt). 0: only those.
+    checkpoint_every: int = field(default=0, metadata={"min": 0})
     storage: str = "ray_results"  # a folder (local or NFS) or a URI (s3://bucket/prefix)
 
 
@@ -236,8 +244,9 @@ def _check_resources(cfg: SweepConfig) -> None:
             raise UserError(f"sweep key 'resources.{key}' must be >= 0 or auto, got {value!r}")
         if key == "gpu" and value != "auto" and value > 1 and value != int(value):
             raise UserError(f"sweep key 'resources.gpu' above 1 must be a whole number, got {value!r}")
-    if cfg.fanout.gpu > 1 and cfg.fanout.gpu != int(cfg.fanout.gpu):
-        raise UserError(f"sweep key 'fanout.gpu' above 1 must be a whole number, got {cfg.fanout.gpu!r}")
+    gpu = cfg.fanout.gpu
+    if gpu != "auto" and (gpu < 0 or (gpu > 1 and gpu != int(gpu))):
+        raise UserError(f"sweep key 'fanout.gpu' must be auto, a fraction in [0, 1] or a whole number, got {gpu!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,6 +270,17 @@ def base_experiments(cfg: SweepConfig) -> dict[str, ExperimentConfig]:
             )
         bases[exp.data.name] = exp
     return bases
+
+
+def asha_rung_epochs(scheduler: SchedulerConfig) -> list[int]:
+    """The epochs at which ASHA may stop a trial (its rungs, as Ray's ASHAScheduler places them,
+    rounded up to whole epochs) and ``max_epochs``; FIFO: ``[max_epochs]``."""
+    top = scheduler.max_epochs
+    if scheduler.type != "asha":
+        return [top]
+    grace, rf = min(scheduler.grace_period, top), scheduler.reduction_factor
+    n = int(math.log(top / grace) / math.log(rf) + 1)
+    return sorted({math.ceil(grace * rf**k) for k in range(n)} | {top})
 
 
 def trial_config(base: dict, params: dict[str, Any]) -> ExperimentConfig:

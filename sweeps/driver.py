@@ -119,22 +119,58 @@ def start_ray(address: str | None, dashboard: bool, quiet: bool = False) -> str 
     return None
 
 
-def trial_resources(cfg: SweepConfig) -> dict[str, float]:
-    """CPUs and GPUs per trial; ``auto`` spreads ``max_concurrent`` trials over what Ray sees.
+# Packing rule for resources.gpu: auto, from the one-H200 figures in ../shared/DESIGN.md (bf16,
+# channels_last): ResNet18 at 48 px trains at ~18,000 img/s alone at batch 128 and four such trials
+# packed on one GPU reach ~55,000 together (3x): one small trial leaves most of the GPU idle. A trial's
+# work per image grows with depth (ResNet18 : 34 : 50 ~ 1 : 2 : 2.3 in FLOPs) and with the pixels
+# (input_size / 48) ** 2, and a trial big enough to fill the GPU on its own (ResNet34/50 at 112 px,
+# 19,500 / 13,000 img/s alone) gains nothing from sharing it. Only the ResNet18-at-48 point is
+# measured; the others follow from the work per image. Re-measure with benchmarks/packing.py on the GPU
+# you sweep on and move the thresholds if its figures say so.
+DEPTH_WORK = {18: 1.0, 34: 2.0, 50: 2.3}
+PACK_FRACTIONS = ((2.0, 0.25), (6.0, 0.5))  # (largest work per image relative to ResNet18@48, fraction)
 
-    GPU ``auto``: one GPU each when there are enough, else an equal fraction (1/2, 1/3, ...) so the
-    concurrent trials pack onto the GPUs; 0 without GPUs. CPU ``auto``: the CPUs shared equally.
+
+def packing_fraction(depth: int, input_size: int) -> float:
+    """The GPU fraction of one trial under ``resources.gpu: auto``: 0.25 (four per GPU) for ResNet18 up
+    to ~64 px and ResNet34 at 48 px; 0.5 (two per GPU) for mid-sized work (ResNet18 at 96-112 px,
+    ResNet50 at 48 px); a whole GPU for ResNet34/50 at 96-112 px and larger."""
+    work = DEPTH_WORK.get(depth, 2.3) * (input_size / 48) ** 2
+    for limit, fraction in PACK_FRACTIONS:
+        if work <= limit:
+            return fraction
+    return 1.0
+
+
+def trial_resources(cfg: SweepConfig, model=None) -> dict[str, float]:
+    """CPUs and GPUs of one trial (``model``: its ModelConfig, for ``gpu: auto``).
+
+    GPU ``auto``: 0 without GPUs; else :func:`packing_fraction` of the trial's depth and input
+    size, but never a smaller share than ``max_concurrent`` trials need to spread over the GPUs
+    (with 8 GPUs and 4 trials in flight, each gets a whole GPU). CPU ``auto``: the CPUs shared
+    equally by ``max_concurrent`` trials.
     """
     total = ray.cluster_resources()
     n_gpu, n_cpu = total.get("GPU", 0.0), total.get("CPU", 1.0)
     conc = cfg.search.max_concurrent
     gpu = cfg.resources.gpu
     if gpu == "auto":
-        gpu = 0.0 if n_gpu < 1 else (1.0 if conc <= n_gpu else 1.0 / math.ceil(conc / n_gpu))
+        if n_gpu < 1:
+            gpu = 0.0
+        else:
+            share = 1.0 if conc <= n_gpu else 1.0 / math.ceil(conc / n_gpu)
+            gpu = max(share, packing_fraction(model.depth, model.input_size)) if model is not None else share
     cpu = cfg.resources.cpu
     if cpu == "auto":
         cpu = max(1.0, math.floor(n_cpu / conc))
     return {"cpu": float(cpu), "gpu": float(gpu)}
+
+
+def fanout_gpu(cfg: SweepConfig) -> float:
+    """``fanout.gpu``; ``auto`` is 0.25 of a GPU when Ray sees any (report tasks share a GPU), else 0."""
+    if cfg.fanout.gpu != "auto":
+        return float(cfg.fanout.gpu)
+    return 0.25 if ray.cluster_resources().get("GPU", 0.0) >= 1 else 0.0
 
 
 def _search_alg(cfg: SweepConfig, base):
@@ -185,9 +221,32 @@ def run_tuner(
     trainable: Callable = train_trial,
     verbose: int = 1,
 ):
-    """Run (or resume) the Tune experiment of one dataset; returns its ResultGrid."""
-    resources = trial_resources(cfg)
-    fn = tune.with_resources(tune.with_parameters(trainable, base=to_dict(base), dataset=dataset), resources)
+    """Run (or resume) the Tune experiment of one dataset; returns its ResultGrid.
+
+    ``dataset`` is the prepared dataset or, better, its object-store reference (the driver puts
+    each dataset once and the trials and the fan-out share it).
+    """
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+    from sweeps.config import asha_rung_epochs, trial_config
+
+    base_dict = to_dict(base)
+
+    def resources(config: dict):
+        """Per trial, from its own depth and input size (gpu: auto)."""
+        res = trial_resources(cfg, trial_config(base_dict, config).model)
+        return resource_dict_to_pg_factory(res)
+
+    fn = tune.with_resources(
+        tune.with_parameters(
+            trainable,
+            base=base_dict,
+            dataset=dataset if isinstance(dataset, ray.ObjectRef) else ray.put(dataset),
+            checkpoint_epochs=tuple(asha_rung_epochs(cfg.scheduler)),
+            checkpoint_every=cfg.checkpoint_every,
+        ),
+        resources,
+    )
     exp_path = paths.experiment(dataset_name)
     if resume and tune.Tuner.can_restore(exp_path):
         log.info("resuming %s from %s", dataset_name, exp_path)
@@ -200,6 +259,9 @@ def run_tuner(
                 scheduler=_scheduler(cfg),
                 num_samples=cfg.search.num_samples,
                 max_concurrent_trials=cfg.search.max_concurrent,
+                # One actor (a process with torch imported) runs trial after trial: starting one per
+                # trial cost ~7 s each on a 2-core CPU (benchmarks/sweep_overhead.py).
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=dataset_name,
@@ -252,7 +314,8 @@ def run_sweep(
     paths = sweep_paths(cfg)
     check_results_folder(cfg, paths, resume)
     bases = base_experiments(cfg)
-    datasets = {name: load_dataset(base.data, progress=progress) for name, base in bases.items()}
+    # Each dataset goes into the object store once: its trials and its report tasks share that copy.
+    datasets = {name: ray.put(load_dataset(base.data, progress=progress)) for name, base in bases.items()}
     paths.results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(paths.results / "sweep.yaml", yaml.safe_dump(sweep_to_dict(cfg), sort_keys=False))
 

@@ -1,8 +1,9 @@
 """The fan-out: evaluate, plots and explain on the top-k trials of each dataset, as Ray tasks.
 
-Each task fetches a trial's checkpoint (the run folder), runs xai_lab's ``evaluate_run``,
-``plot_run`` and ``explain_run`` (every method asked for, through the explainer registry)
-plus each class's mean map, and returns the report files as bytes: the driver writes them
+Each task fetches what it needs of a trial's checkpoint (``best.pt``, ``config.yaml``,
+``train_log.jsonl``; not ``last.pt``), runs xai_lab's evaluation, ``plot_run`` and
+``explain_run`` (every method asked for, through the explainer registry) plus each class's
+mean map, and returns the report files as bytes: the driver writes them
 under ``reports/<dataset>/<trial>/`` in the single-run layout, so the tasks may run on any
 node. The tasks run concurrently; one that fails is recorded (``error.txt`` in its report
 folder and the leaderboard's ``report`` column) and the others carry on. A progress bar
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,47 +44,72 @@ class ReportJob:
     eval_max_images: int
 
 
+# What a report needs from a trial's checkpoint: not last.pt (the optimizer state, 2/3 of its size).
+REPORT_FILES = ("config.yaml", "best.pt", "train_log.jsonl")
+
+
+def fetch_report_files(checkpoint: str, dest: Path) -> Path:
+    """Copy the files a report needs from a checkpoint (a local path or a URI) into ``dest``."""
+    from ray.tune import Checkpoint
+
+    ckpt = Checkpoint(checkpoint)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:
+        src = f"{ckpt.path.rstrip('/')}/{name}"
+        if ckpt.filesystem.get_file_info(src).type.name != "File":
+            continue
+        with ckpt.filesystem.open_input_stream(src) as f_in, open(dest / name, "wb") as f_out:
+            shutil.copyfileobj(f_in, f_out, 1 << 22)
+    return dest
+
+
 def report_trial(job: ReportJob, dataset: Dataset) -> dict[str, bytes]:
     """Evaluate, plot and explain one trial; returns ``{relative path: file bytes}`` of its report.
 
     Runs in a Ray task, or in a plain process (it uses no Ray API besides reading the checkpoint).
+    The model is loaded once for the evaluation and the class maps, and runs on the task's GPU
+    share when it has one (``fanout.gpu``); every model call is batched.
     """
     import torch
-    from ray.tune import Checkpoint
 
     from sweeps.class_maps import class_mean_maps, save_class_maps
     from xai_lab.checkpoint import model_from_checkpoint
-    from xai_lab.device import resolve_device
-    from xai_lab.evaluate import evaluate_run
+    from xai_lab.device import release_device_memory, resolve_device
+    from xai_lab.evaluate import evaluate_model
     from xai_lab.explain.run import explain_run
     from xai_lab.plots import plot_run
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     with tempfile.TemporaryDirectory(prefix="xai-fanout-") as tmp:
         # plots title the curves with the run folder's parent: the trial id
-        run_dir = Path(Checkpoint(job.checkpoint).to_directory(str(Path(tmp) / job.trial_id / "run")))
+        run_dir = fetch_report_files(job.checkpoint, Path(tmp) / job.trial_id / "run")
         report = Path(tmp) / "report"
-        evaluate_run(
-            run_dir, report, dataset=dataset, split=job.split, max_images=job.eval_max_images or None
-        )
-        plot_run(run_dir, report)
-        explain_run(
-            run_dir, report, split=job.split, num_each=job.num_each, methods=job.methods, dataset=dataset
-        )
-        model, cfg, class_names, _ = model_from_checkpoint(run_dir / "best.pt", "cpu")
-        model.to(resolve_device(cfg.run.device))
-        data = dataset.splits[job.split]
-        for method in job.methods:
-            maps = class_mean_maps(
-                model,
-                data.images,
-                data.labels,
-                class_names,
-                method,
-                job.maps_per_class,
-                cfg.explain.batch_size,
+        model, cfg, class_names, state = model_from_checkpoint(run_dir / "best.pt", "cpu")
+        device = resolve_device(cfg.run.device)
+        try:
+            model.to(device)
+            evaluate_model(model, cfg, class_names, report, dataset=dataset, split=job.split,
+                           max_images=job.eval_max_images or None, checkpoint=run_dir / "best.pt",
+                           epoch=int(state["epoch"]))
+            plot_run(run_dir, report)
+            explain_run(
+                run_dir, report, split=job.split, num_each=job.num_each, methods=job.methods, dataset=dataset
             )
-            save_class_maps(report / "xai" / method / "class_means.npz", maps)
+            data = dataset.splits[job.split]
+            for method in job.methods:
+                maps = class_mean_maps(
+                    model,
+                    data.images,
+                    data.labels,
+                    class_names,
+                    method,
+                    job.maps_per_class,
+                    cfg.explain.batch_size,
+                )
+                save_class_maps(report / "xai" / method / "class_means.npz", maps)
+        finally:
+            model = None
+            release_device_memory(device)
         return {
             p.relative_to(report).as_posix(): p.read_bytes() for p in sorted(report.rglob("*")) if p.is_file()
         }
@@ -109,7 +136,7 @@ def run_fanout(
     cfg: SweepConfig,
     results: Path,
     bases: dict,
-    datasets: dict[str, Dataset],
+    datasets: dict[str, Dataset | ray.ObjectRef],
     top_k: int,
     progress: bool = True,
 ) -> dict[tuple[str, str], str]:
@@ -126,9 +153,16 @@ def run_fanout(
         return {}
     chosen = select_top(board, top_k)
     methods = _methods(cfg.fanout)
-    refs = {name: ray.put(ds) for name, ds in datasets.items() if name in set(chosen["dataset"])}
+    from sweeps.driver import fanout_gpu
+
+    # the driver's object-store copies when it passes references (one per dataset for the whole sweep)
+    refs = {
+        name: ds if isinstance(ds, ray.ObjectRef) else ray.put(ds)
+        for name, ds in datasets.items()
+        if name in set(chosen["dataset"])
+    }
     task = ray.remote(report_trial).options(
-        num_cpus=cfg.fanout.cpu, num_gpus=cfg.fanout.gpu, max_retries=0, name="xai-lab-report"
+        num_cpus=cfg.fanout.cpu, num_gpus=fanout_gpu(cfg), max_retries=0, name="xai-lab-report"
     )
     pending = {}
     for row in chosen.itertuples():

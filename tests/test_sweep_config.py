@@ -162,3 +162,21 @@ def test_cluster_yaml_validates_offline():
     worker = prepared["available_node_types"]["gpu_worker"]
     assert worker["node_config"]["InstanceType"].startswith("g5")
     assert any("pip install" in c for c in prepared["setup_commands"])
+
+
+def test_checkpoints_land_where_asha_may_stop_a_trial():
+    from sweeps.config import SchedulerConfig, asha_rung_epochs
+
+    assert asha_rung_epochs(SchedulerConfig(type="asha", max_epochs=30, grace_period=5, reduction_factor=3)) == [
+        5, 15, 30]
+    assert asha_rung_epochs(SchedulerConfig(type="asha", max_epochs=2, grace_period=1, reduction_factor=2)) == [1, 2]
+    assert asha_rung_epochs(SchedulerConfig(type="fifo", max_epochs=7)) == [7]
+
+
+def test_auto_gpu_fraction_packs_small_trials_and_gives_big_ones_a_gpu():
+    from sweeps.driver import packing_fraction
+
+    assert packing_fraction(18, 48) == 0.25  # the measured point: four packed do 3x one (DESIGN.md)
+    assert packing_fraction(18, 112) == 0.5
+    assert packing_fraction(50, 48) == 0.5
+    assert packing_fraction(34, 112) == packing_fraction(50, 112) == 1.0

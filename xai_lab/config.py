@@ -50,6 +50,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     output_root: str = "artifacts"  # runs go to <output_root>/runs, reports to <output_root>/reports
     progress: bool = True  # tqdm bars on stderr
+    tensorboard: bool = True  # fit's own tb/ scalars; a sweep turns them off (Tune logs the same scalars)
 
 
 @dataclass
@@ -153,6 +154,8 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model
+    cudnn_benchmark: bool = True  # on CUDA: let cuDNN time its convolution algorithms once per shape
+    checkpoint_every: int = _bounded(1, 1)  # epochs between last.pt/best.pt writes (the last epoch always)
 
 
 @dataclass

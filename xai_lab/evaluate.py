@@ -101,7 +101,6 @@ def evaluate_run(
         The summary written to ``test_summary.json``.
     """
     from xai_lab.checkpoint import model_from_checkpoint
-    from xai_lab.data.dataset import load_dataset
     from xai_lab.device import resolve_device
     from xai_lab.runs import report_dir_for, resolve_run_dir
 
@@ -109,8 +108,38 @@ def evaluate_run(
     report_dir = Path(report_dir) if report_dir is not None else report_dir_for(run_dir)
     ckpt = run_dir / "best.pt"
     model, cfg, class_names, state = model_from_checkpoint(ckpt, "cpu")
-    dev = resolve_device(device or cfg.run.device)
-    model.to(dev)
+    model.to(resolve_device(device or cfg.run.device))
+    summary = evaluate_model(model, cfg, class_names, report_dir, dataset=dataset, split=split,
+                             max_images=max_images, checkpoint=ckpt, epoch=int(state["epoch"]))
+    log.info("%s: accuracy %.4f macro-F1 %.4f on %d %s images -> %s", run_dir.name, summary["accuracy"],
+             summary["macro_f1"], summary["n"], split, report_dir)
+    return summary
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    cfg,
+    class_names: list[str],
+    report_dir: str | Path,
+    *,
+    dataset=None,
+    split: str = "test",
+    max_images: int | None = None,
+    checkpoint: str | Path = "",
+    epoch: int = 0,
+) -> dict:
+    """Score a loaded ``model`` (on its device, in eval mode) on ``split``; write the report files.
+
+    The part of :func:`evaluate_run` after loading, for callers that already hold the model (the
+    sweep's fan-out loads a trial's model once for evaluation and its class maps).
+
+    Args:
+        cfg: the run's config (data, ``train.eval_batch_size``, ``train.amp``).
+        checkpoint, epoch: recorded in the summary.
+    """
+    from xai_lab.data.dataset import load_dataset
+
+    report_dir = Path(report_dir)
     if dataset is None:
         dataset = load_dataset(cfg.data, progress=cfg.run.progress)
     data = dataset.splits[split]
@@ -122,11 +151,9 @@ def evaluate_run(
         raise UserError(f"the {split} split of {dataset.name} is empty: nothing to evaluate")
     summary, cm, _ = evaluate_split(model, data.images, data.labels, class_names, cfg.train.eval_batch_size,
                                     cfg.train.amp)
-    summary.update(split=split, checkpoint=str(ckpt), epoch=int(state["epoch"]), dataset=dataset.name)
+    summary.update(split=split, checkpoint=str(checkpoint), epoch=epoch, dataset=dataset.name)
     write_evaluation(report_dir, summary, cm, class_names)
     save_config(cfg, report_dir / "config.yaml")
-    log.info("%s: accuracy %.4f macro-F1 %.4f on %d %s images -> %s", run_dir.name, summary["accuracy"],
-             summary["macro_f1"], summary["n"], split, report_dir)
     return summary
 
 

@@ -55,8 +55,11 @@ def _check_results(folder: Path) -> None:
     board = pd.read_csv(folder / "leaderboard.csv")
     assert len(board) == 2 and set(board["status"]) <= {"completed", "pruned"}  # --smoke: two trials
     assert (board["report"] == "ok").sum() == 1
-    trial = board[board["report"] == "ok"].iloc[0]["trial_id"]
-    assert (folder / "reports" / "tiny" / trial / "xai" / "gradcam" / "high_conf" / "sample00.png").is_file()
+    row = board[board["report"] == "ok"].iloc[0]
+    # --smoke prepares its own small copy of the dataset (tiny_limit12), beside the full one
+    assert row["dataset"] == "tiny_limit12"
+    assert (folder / "reports" / row["dataset"] / row["trial_id"] / "xai" / "gradcam" / "high_conf" /
+            "sample00.png").is_file()
     assert (folder / "index.html").is_file()
 
 

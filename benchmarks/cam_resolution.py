@@ -76,12 +76,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p.add_argument("--n-per-class", type=int, default=100)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--num-images", type=int, default=64, help="test images scored")
+    p.add_argument("--reuse", action="append", default=[], metavar="SIZE:STEM=RUN_DIR",
+                   help="explain this finished run of the same settings instead of training (repeatable)")
     p.add_argument("--out", default="artifacts/studies/cam_resolution")
     p.add_argument("overrides", nargs="*", help="more dotted overrides for every run")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
     rows, examples = [], {}
+    reuse = dict(item.split("=", 1) for item in args.reuse)
     for pair in args.configs.split(","):
         size, stem = pair.split(":")
         cfg = load_experiment(args.config, [
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             f"run.name=cam_{size}_{stem}", f"run.output_root={out}", *args.overrides])
         vary = {"input_size": int(size), "stem": stem}
         row = study_row(cfg, explain_section("", args.num_images), {**vary, "layer": "layer4"},
-                        report_root=out / "reports")
+                        report_root=out / "reports", run_dir=reuse.get(pair))
         rows.append(row)
         # the same model, Grad-CAM one stage earlier (no training)
         from xai_lab.data.dataset import load_dataset

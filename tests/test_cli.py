@@ -135,7 +135,7 @@ def test_explain_writes_metrics_grids_class_means_and_the_summary(smoke_run):
     assert "randomization test" in (xai / "metrics.md").read_text()
     summary = json.loads((xai.parent / "test_summary.json").read_text())
     assert "accuracy" in summary and set(summary["explanations"]["methods"]) == {"saliency", "gradcam"}
-    assert summary["explanations"]["cam_grid"] == [2, 2]
+    assert summary["explanations"]["cam_grid"] == summary["cam_grid"] == [2, 2]
 
 
 @pytest.mark.parametrize("argv, message", [

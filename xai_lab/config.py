@@ -200,7 +200,7 @@ class ExplainConfig:
     num_each: int = _bounded(8, 1)  # images per gallery (high_conf, low_conf, misclassified)
     selection: list[Selection] = field(default_factory=lambda: ["high_conf", "low_conf", "misclassified"])
     per_class: int = _bounded(2, 1)  # images of each class in the per_class gallery
-    class_means: int = _bounded(32, 0)  # images of each class averaged into its mean map; 0: all of the split
+    class_means: int = _bounded(16, 0)  # images of each class averaged into its mean map; 0: all of the split
     compare_rows: int = _bounded(6, 1)  # images per comparison grid (one grid per gallery)
     batch_size: int = _bounded(64, 1)
     layer: str = ""  # Grad-CAM family's layer (dotted module name, e.g. backbone.layer3); "": the last block

@@ -1,7 +1,8 @@
 """``evaluate``: test metrics of a run's best checkpoint, computed with scikit-learn.
 
 Writes ``test_summary.json`` (accuracy, macro-F1, n, per-class precision/recall/F1/support,
-class names, checkpoint) and ``test_confusion_matrix.csv`` (rows: true class, columns:
+class names, checkpoint, the Grad-CAM grid ``cam_grid`` of the model's last block; ``explain``
+adds an ``explanations`` block) and ``test_confusion_matrix.csv`` (rows: true class, columns:
 predicted class, raw counts) into the run's report folder.
 """
 
@@ -103,6 +104,7 @@ def evaluate_run(
     from xai_lab.checkpoint import model_from_checkpoint
     from xai_lab.data.dataset import load_dataset
     from xai_lab.device import resolve_device
+    from xai_lab.models import cam_grid_size
     from xai_lab.runs import report_dir_for, resolve_run_dir
 
     run_dir = resolve_run_dir(run_dir)
@@ -122,7 +124,9 @@ def evaluate_run(
         raise UserError(f"the {split} split of {dataset.name} is empty: nothing to evaluate")
     summary, cm, _ = evaluate_split(model, data.images, data.labels, class_names, cfg.train.eval_batch_size,
                                     cfg.train.amp)
-    summary.update(split=split, checkpoint=str(ckpt), epoch=int(state["epoch"]), dataset=dataset.name)
+    side = cam_grid_size(cfg.model)  # the Grad-CAM grid of the last block, recorded beside accuracy
+    summary.update(split=split, checkpoint=str(ckpt), epoch=int(state["epoch"]), dataset=dataset.name,
+                   cam_grid=[side, side])
     write_evaluation(report_dir, summary, cm, class_names)
     save_config(cfg, report_dir / "config.yaml")
     log.info("%s: accuracy %.4f macro-F1 %.4f on %d %s images -> %s", run_dir.name, summary["accuracy"],

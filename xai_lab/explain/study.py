@@ -16,6 +16,7 @@ faces' drawn classes): the question is what the model learned, not how well it c
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ def with_clean_labels(dataset: Dataset, data_cfg) -> Dataset:
 
 
 def study_row(cfg: ExperimentConfig, explain: ExplainConfig, vary: dict, clean_labels: bool = True,
-              report_root: str | Path | None = None) -> dict:
+              report_root: str | Path | None = None, run_dir: str | Path | None = None) -> dict:
     """Train ``cfg`` with :func:`~xai_lab.train.fit`, evaluate it and explain it; one flat row.
 
     Args:
@@ -60,6 +61,7 @@ def study_row(cfg: ExperimentConfig, explain: ExplainConfig, vary: dict, clean_l
         vary: the varied values, copied into the row (e.g. ``{"label_noise": 0.2}``).
         clean_labels: score a synthfaces test split against its clean labels.
         report_root: reports go to ``<report_root>/<run name>``; the run's report folder when None.
+        run_dir: a finished run of the same config to evaluate and explain instead of training one.
     """
     from xai_lab.evaluate import evaluate_run
     from xai_lab.explain.run import explain_run
@@ -67,7 +69,11 @@ def study_row(cfg: ExperimentConfig, explain: ExplainConfig, vary: dict, clean_l
 
     t0 = time.perf_counter()
     dataset = load_dataset(cfg.data, progress=False)
-    summary = fit(cfg, dataset=dataset)
+    if run_dir is None:
+        summary = fit(cfg, dataset=dataset)
+    else:
+        train_summary = json.loads((Path(run_dir) / "train_summary.json").read_text())
+        summary = {"run_dir": str(run_dir), "best_val_macro_f1": train_summary["best_val_macro_f1"]}
     scored = with_clean_labels(dataset, cfg.data) if clean_labels else dataset
     report = Path(report_root) / cfg.run.name if report_root is not None else None
     ev = evaluate_run(summary["run_dir"], report, dataset=scored, device=cfg.run.device)

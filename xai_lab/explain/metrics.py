@@ -44,7 +44,7 @@ def pixel_ranks(maps: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """[B, H*W] rank of each pixel in its map (0: most important); ties are broken at random (seeded)."""
     flat = maps.flatten(1).float()
     gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(flat.shape[1], generator=gen).to(flat.device).expand(flat.shape[0], -1)
+    perm = torch.rand(flat.shape, generator=gen).argsort(dim=1).to(flat.device)  # one tie order per map
     order = perm.gather(1, flat.gather(1, perm).argsort(dim=1, descending=True, stable=True))
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order).contiguous())

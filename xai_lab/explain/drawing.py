@@ -114,4 +114,5 @@ def draw_metric_curves(curves: dict[str, dict], path: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[2].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
     save_figure(fig, path, dpi=100)

@@ -105,3 +105,39 @@ def test_real_entry_point_prints_one_line(tmp_path):
                           capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"xai-lab train: error: config file not found: {tmp_path / 'x.yaml'}"
+
+
+def test_explain_writes_metrics_grids_class_means_and_the_summary(smoke_run):
+    import json
+
+    work, _, run = smoke_run
+    xai = work / "artifacts/reports/exp000_resnet18_saliency_synthfaces" / run.name / "xai"
+    metrics = json.loads((xai / "metrics.json").read_text())
+    assert set(metrics) == {"saliency", "gradcam"}
+    for method, entry in metrics.items():
+        keys = ("deletion_auc", "insertion_auc", "randomization_spearman", "pointing_game", "mask_iou")
+        assert all(k in entry and k in entry["random_baseline"] for k in keys), method
+        assert 0 <= entry["deletion_auc"] <= 1 and 0 <= entry["pointing_game"] <= 1
+        assert entry["target_layer"] == "backbone.layer4.1" and entry["cam_grid"] == [2, 2]
+        assert list(entry["randomization_curve"])[-1] == "backbone.conv1"
+        assert (xai / method / "class_means.png").is_file() and (xai / method / "class_means.npz").is_file()
+    assert (xai / "comparison_high_conf.png").is_file() and (xai / "metric_curves.png").is_file()
+    assert "randomization test" in (xai / "metrics.md").read_text()
+    summary = json.loads((xai.parent / "test_summary.json").read_text())
+    assert "accuracy" in summary and set(summary["explanations"]["methods"]) == {"saliency", "gradcam"}
+    assert summary["explanations"]["cam_grid"] == summary["cam_grid"] == [2, 2]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["explain.layer=backbone.layer9"], "no module 'backbone.layer9'"),
+    (["--explain-config", "nope.yaml"], "config file not found: nope.yaml"),
+    (["explain.metrics.steps=1"], "'explain.metrics.steps' must be in [2, inf]"),
+    (["explain.selection=[best]"], "'explain.selection[0]' must be one of"),
+])
+def test_bad_explain_input_is_exit_2_and_keeps_the_metrics(smoke_run, capsys, argv, message):
+    work, _, run = smoke_run
+    xai = work / "artifacts/reports/exp000_resnet18_saliency_synthfaces" / run.name / "xai"
+    before = (xai / "metrics.json").read_text()
+    code, _, err = _run(capsys, "explain", "--run-dir", str(run), "--smoke", *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert (xai / "metrics.json").read_text() == before

@@ -19,6 +19,11 @@ from xai_lab.errors import UserError
 log = logging.getLogger("xai_lab")
 
 SMOKE_OVERRIDES = ["train.epochs=1", "train.batch_size=16", "explain.num_each=2"]
+# explain --smoke: tiny galleries, a few scored images, cheap method settings
+SMOKE_EXPLAIN = ["explain.num_each=2", "explain.per_class=1", "explain.class_means=2", "explain.compare_rows=2",
+                 "explain.metrics.num_images=8", "explain.metrics.steps=4", "explain.metrics.randomization_images=2",
+                 "explain.smoothgrad.samples=4", "explain.integrated_gradients.steps=8", "explain.occlusion.window=16",
+                 "explain.occlusion.stride=16"]
 SMOKE_PER_CLASS = 12
 SMOKE_EVAL_IMAGES = 64
 
@@ -49,11 +54,15 @@ def load_config(args: argparse.Namespace):
     return load_experiment(args.config, overrides)
 
 
-def load_run_config(args: argparse.Namespace, data_file: str | None = None):
+def load_run_config(
+    args: argparse.Namespace, extra: list[str] | tuple[str, ...] = (), data_file: str | None = None
+):
     """The config saved in a run folder, with the overrides a trained run allows.
 
-    With ``data_file`` (a data or experiment YAML) its data section replaces the run's
-    (cross-dataset evaluation); ``data.*`` overrides then apply to it.
+    ``extra`` overrides (e.g. the smoke ones) come before the user's. ``--explain-config FILE``
+    (explain only) replaces the run's ``explain`` section before the overrides. With
+    ``data_file`` (a data or experiment YAML) its data section replaces the run's (cross-dataset
+    evaluation); ``data.*`` overrides then apply to it.
     """
     from xai_lab.config import (
         apply_overrides,
@@ -61,6 +70,7 @@ def load_run_config(args: argparse.Namespace, data_file: str | None = None):
         load_saved,
         parse_override,
         read_data_section,
+        read_yaml,
         resolve,
         to_dict,
     )
@@ -69,20 +79,27 @@ def load_run_config(args: argparse.Namespace, data_file: str | None = None):
     run_dir = resolve_run_dir(args.run_dir)
     cfg = load_saved(run_dir / "config.yaml")
     allowed = ("run.", "explain.", "data.", "train.eval_batch_size", "train.amp")
+    overrides = [*extra, *args.overrides]
     for text in args.overrides:
         key = ".".join(parse_override(text)[0])
         if not key.startswith(allowed):
             raise UserError(f"override '{text}' cannot change a trained run; allowed: run.*, explain.*, data.*, "
                             "train.eval_batch_size, train.amp")
+    values = to_dict(cfg)
+    explain_file = getattr(args, "explain_config", None)
+    if explain_file:
+        section = read_yaml(explain_file) or {}
+        if not isinstance(section, dict):
+            raise UserError(f"{explain_file} must be a mapping of explain keys (methods, split, num_each, ...)")
+        values["explain"] = section
     if data_file:
-        values = to_dict(cfg)
         values["data"] = read_data_section(data_file)
-        cfg = resolve(from_dict(apply_overrides(values, args.overrides)))
+        cfg = resolve(from_dict(apply_overrides(values, overrides)))
         if getattr(args, "smoke", False):
             cfg.data.limit_per_class = SMOKE_PER_CLASS
             cfg.data.name = f"{cfg.data.name}_limit{SMOKE_PER_CLASS}"
         return run_dir, cfg
-    return run_dir, from_dict(apply_overrides(to_dict(cfg), args.overrides))
+    return run_dir, from_dict(apply_overrides(values, overrides))
 
 
 # --- verbs -------------------------------------------------------------------------------------
@@ -177,13 +194,22 @@ def cmd_explain(args: argparse.Namespace) -> None:
     from xai_lab.data.dataset import load_dataset
     from xai_lab.explain.run import explain_run
 
-    run_dir, cfg = load_run_config(args)
+    run_dir, cfg = load_run_config(args, SMOKE_EXPLAIN if args.smoke else ())
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    num_each = 2 if args.smoke else (args.num_each or cfg.explain.num_each)
     dataset = load_dataset(cfg.data, progress=cfg.run.progress)
-    written = explain_run(run_dir, args.out, split=args.split or cfg.explain.split, num_each=num_each,
-                          methods=methods, dataset=dataset, device=cfg.run.device)
-    print(f"wrote {sum(map(len, written.values()))} explanations to {_report(run_dir, args.out)}/xai/")
+    result = explain_run(run_dir, args.out, split=args.split, num_each=args.num_each, methods=methods,
+                         dataset=dataset, device=cfg.run.device, explain_config=cfg.explain)
+    report = _report(run_dir, args.out)
+    print(f"wrote {sum(map(len, result.values()))} explanations to {report}/xai/")
+    for method, entry in result.metrics.items():
+        scores = ", ".join(f"{k} {entry[k]:.3f} (random {entry['random_baseline'][k]:.3f})"
+                           for k in ("deletion_auc", "insertion_auc", "randomization_spearman", "pointing_game",
+                                     "mask_iou") if k in entry)
+        print(f"{method}: {scores}")
+        if not entry["randomization_passed"]:
+            print(f"{method} {entry['randomization_verdict']}")
+    if result.metrics:
+        print(f"metrics: {report}/xai/metrics.json and metrics.md")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -234,10 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default=None, metavar="DATA_YAML",
                     help="score on another dataset (configs/data/*.yaml) over the emotions both share")
     verb("plots", cmd_plots, "training curves and the confusion matrix as PNGs", run_dir=True)
-    ex = verb("explain", cmd_explain, "explanation galleries of the most and least confident images", run_dir=True)
+    ex = verb("explain", cmd_explain, "explanation galleries and metrics (faithfulness, sanity, masks)",
+              run_dir=True)
     ex.add_argument("--split", default=None, choices=["train", "val", "test"])
     ex.add_argument("--num-each", type=int, default=None, help="images per gallery (default: explain.num_each)")
-    ex.add_argument("--methods", default=None, help="comma-separated, e.g. saliency,gradcam")
+    ex.add_argument("--methods", default=None,
+                    help="comma-separated, e.g. saliency,gradcam (overrides explain.methods)")
+    ex.add_argument("--explain-config", default=None, metavar="FILE",
+                    help="an explain YAML (configs/explain/*.yaml) replacing the run's explain section")
     sw = sub.add_parser("sweep", help="Ray Tune + Optuna sweep, then reports of the best trials",
                         description="Ray Tune + Optuna sweep over the base experiments of a sweep YAML, "
                         "then evaluate/plots/explain of the top-k trials, the comparison and index.html")

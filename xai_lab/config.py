@@ -177,13 +177,69 @@ class AugmentConfig:
 
 
 @dataclass
+class SmoothGradParams:
+    """``explain.smoothgrad``: see :func:`xai_lab.explain.explainers.smoothgrad`."""
+
+    samples: int = _bounded(16, 1)  # noisy copies averaged
+    noise: float = _bounded(0.15, 0.0)  # noise std as a fraction of the input range [0, 1]
+    samples_per_pass: int = _bounded(8, 1)  # copies of the batch per forward pass (memory)
+
+
+@dataclass
+class IntegratedGradientsParams:
+    """``explain.integrated_gradients``: see :func:`xai_lab.explain.explainers.integrated_gradients`."""
+
+    steps: int = _bounded(32, 1)  # points on the path from the baseline to the image
+    baseline: float = _bounded(0.0, 0.0, 1.0)  # the constant baseline image (0: black)
+    steps_per_pass: int = _bounded(16, 1)  # path points per forward pass (memory)
+
+
+@dataclass
+class OcclusionParams:
+    """``explain.occlusion``: see :func:`xai_lab.explain.explainers.occlusion`."""
+
+    window: int = _bounded(8, 1)  # side of the occluding square, in stored-image pixels
+    stride: int = _bounded(4, 1)
+    baseline: float = _bounded(0.0, 0.0, 1.0)  # what the square is filled with (0: black)
+    windows_per_pass: int = _bounded(16, 1)  # square positions per forward pass (memory)
+
+
+@dataclass
+class ExplainMetricsConfig:
+    """``explain.metrics``: how the maps are scored (see :mod:`xai_lab.explain.metrics`)."""
+
+    enabled: bool = True
+    num_images: int = _bounded(32, 1)  # images of the split scored (a seeded random draw)
+    steps: int = _bounded(16, 2)  # points on the deletion and insertion curves (+1)
+    randomization_images: int = _bounded(8, 1)  # of those, how many go through the randomization cascade
+    randomization_threshold: float = _bounded(0.5, -1.0, 1.0)  # a method fails when rho stays >= this
+    pointing_tolerance: int = _bounded(0, 0)  # px the mask is grown by for the pointing game
+    seed: int = 0  # image draw, tie-breaking, random maps and randomized weights
+
+
+Selection = Literal["high_conf", "low_conf", "misclassified", "per_class"]
+
+
+@dataclass
 class ExplainConfig:
-    """Which explanations to compute and on which images."""
+    """Which explanations to compute, on which images, with which parameters, and how they are scored.
+
+    Galleries are explained for the predicted class; class mean maps for the true class.
+    """
 
     methods: list[str] = field(default_factory=lambda: ["saliency"])
     split: Literal["train", "val", "test"] = "test"
-    num_each: int = _bounded(8, 1)  # most and least confident images per method
+    num_each: int = _bounded(8, 1)  # images per gallery (high_conf, low_conf, misclassified)
+    selection: list[Selection] = field(default_factory=lambda: ["high_conf", "low_conf", "misclassified"])
+    per_class: int = _bounded(2, 1)  # images of each class in the per_class gallery
+    class_means: int = _bounded(16, 0)  # images of each class averaged into its mean map; 0: all of the split
+    compare_rows: int = _bounded(6, 1)  # images per comparison grid (one grid per gallery)
     batch_size: int = _bounded(64, 1)
+    layer: str = ""  # Grad-CAM family's layer (dotted module name, e.g. backbone.layer3); "": the last block
+    smoothgrad: SmoothGradParams = field(default_factory=SmoothGradParams)
+    integrated_gradients: IntegratedGradientsParams = field(default_factory=IntegratedGradientsParams)
+    occlusion: OcclusionParams = field(default_factory=OcclusionParams)
+    metrics: ExplainMetricsConfig = field(default_factory=ExplainMetricsConfig)
 
 
 @dataclass

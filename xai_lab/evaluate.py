@@ -1,7 +1,8 @@
 """``evaluate``: test metrics of a run's best checkpoint, computed with scikit-learn.
 
 Writes ``test_summary.json`` (accuracy, macro-F1, n, per-class precision/recall/F1/support,
-class names, checkpoint) and ``test_confusion_matrix.csv`` (rows: true class, columns:
+class names, checkpoint, the Grad-CAM grid ``cam_grid`` of the model's last block; ``explain``
+adds an ``explanations`` block) and ``test_confusion_matrix.csv`` (rows: true class, columns:
 predicted class, raw counts) into the run's report folder.
 """
 
@@ -18,6 +19,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from xai_lab.atomic import atomic_write_json, atomic_write_with
 from xai_lab.config import save_config
 from xai_lab.device import autocast, to_device
+from xai_lab.models import cam_grid_size
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +153,8 @@ def evaluate_model(
         raise UserError(f"the {split} split of {dataset.name} is empty: nothing to evaluate")
     summary, cm, _ = evaluate_split(model, data.images, data.labels, class_names, cfg.train.eval_batch_size,
                                     cfg.train.amp)
-    summary.update(split=split, checkpoint=str(checkpoint), epoch=epoch, dataset=dataset.name)
+    side = cam_grid_size(cfg.model)  # the Grad-CAM grid of the last block, recorded beside accuracy
+    summary.update(split=split, checkpoint=str(checkpoint), epoch=epoch, dataset=dataset.name, cam_grid=[side, side])
     write_evaluation(report_dir, summary, cm, class_names)
     save_config(cfg, report_dir / "config.yaml")
     return summary

@@ -1,1 +1,2 @@
-"""Explanations: attribution maps (``explainers``), drawing (``drawing``) and the ``explain`` verb (``run``)."""
+"""Explanations: attribution maps (``explainers``), their scores (``metrics``), drawing (``drawing``),
+the ``explain`` verb (``run``) and studies that train, explain and plot against a knob (``study``)."""

@@ -204,8 +204,35 @@ def run_fanout(
     board["report"] = [
         outcome.get((d, t), "") for d, t in zip(board["dataset"], board["trial_id"], strict=True)
     ]
+    scores = [report_scores(results / "reports" / d / t) if outcome.get((d, t)) == "ok" else {}
+              for d, t in zip(board["dataset"], board["trial_id"], strict=True)]
+    for column in dict.fromkeys(k for row in scores for k in row):
+        board[column] = [row.get(column) for row in scores]
     write_leaderboard([board], board_path)
     return outcome
+
+
+# The explanation metrics a leaderboard row shows per method (xai/metrics.json), beside test accuracy.
+LEADERBOARD_METRICS = ("deletion_auc", "insertion_auc", "randomization_spearman", "pointing_game", "mask_iou")
+
+
+def report_scores(report_dir: Path) -> dict[str, float]:
+    """Test accuracy and macro-F1 (``test_summary.json``) and, per method, the explanation metrics
+    (``xai/metrics.json``) of one trial's report, as leaderboard columns (``gradcam:deletion_auc``, ...)."""
+    out: dict[str, float] = {}
+    summary = report_dir / "test_summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        out.update(test_accuracy=s.get("accuracy"), test_macro_f1=s.get("macro_f1"))
+    metrics = report_dir / "xai" / "metrics.json"
+    if metrics.is_file():
+        for method, entry in json.loads(metrics.read_text()).items():
+            if not isinstance(entry, dict):
+                continue
+            for key in LEADERBOARD_METRICS:
+                if isinstance(entry.get(key), (int, float)):
+                    out[f"{method}:{key}"] = entry[key]
+    return out
 
 
 def _first_line(e: BaseException) -> str:

@@ -337,6 +337,8 @@ def _leaderboard(board: pd.DataFrame, space: list[str]) -> str:
         "wall_seconds",
         "images_per_second",
         "report",
+        *[c for c in ("test_accuracy", "test_macro_f1") if c in board.columns],
+        *[c for c in board.columns if ":" in c],  # explanation metrics per method, from the fan-out
     ]
     top = board["score"].max() if board["score"].notna().any() else 1.0
     out = [

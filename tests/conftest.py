@@ -63,6 +63,7 @@ def write_tiny_experiment(
         f"data: {{source: folder, root: {data_root}, name: {name}, image_size: 48}}\n"
         "model: {depth: 18, stem: imagenet, input_size: 48}\n"
         "train: {epochs: 2, batch_size: 16, lr: 0.002, eval_batch_size: 64}\n"
-        f"explain: {{methods: [{', '.join(methods)}], num_each: 2}}\n"
+        f"explain: {{methods: [{', '.join(methods)}], num_each: 2,\n"
+        "          metrics: {num_images: 8, steps: 4, randomization_images: 2}}\n"
     )
     return path

@@ -148,6 +148,10 @@ def test_fanout_reports_in_single_run_layout(sweep):
     board = pd.read_csv(sweep.leaderboard, dtype={"report": str}).fillna({"report": ""})
     reported = board[board["report"] != ""]
     assert len(reported) == 4 and set(reported["report"]) == {"ok"}  # top 2 of each dataset
+    # the leaderboard shows each reported trial's test scores and explanation metrics beside its val score
+    for col in ["test_accuracy", "test_macro_f1", "saliency:deletion_auc", "saliency:insertion_auc",
+                "saliency:randomization_spearman"]:
+        assert reported[col].between(-1, 1).all() and board.loc[board["report"] == "", col].isna().all(), col
     for row in reported.itertuples():
         folder = sweep.paths.results / "reports" / row.dataset / row.trial_id
         summary = json.loads((folder / "test_summary.json").read_text())

@@ -1,15 +1,19 @@
-# make demo: set up .venv if needed, then run the pipeline on the embedded synthfaces dataset.
-# make test: set up .venv if needed, then run the tests.
+# make demo: set up .venv if needed, then the quickstart sweep on synthfaces (sweep, reports, comparison,
+#            index.html); SWEEP=..., ARGS="key=value ..." change it;
+#            RESUME=1 DEMO_NAME=<name> carries on with an interrupted one.
+# make test: set up .venv (and Chromium) if needed, then run the tests.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 XAI := $(VENV)/bin/xai-lab
 STAMP := $(VENV)/.installed
-EXP ?= configs/experiments/exp000_resnet18_saliency_synthfaces.yaml
+SWEEP ?= configs/sweeps/quickstart.yaml
+# every demo run gets a folder of its own: earlier results are never overwritten
+DEMO_NAME ?= $(basename $(notdir $(SWEEP)))-$(shell date +%Y%m%d-%H%M%S)
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean chromium
 
 # Installs once; re-runs only when requirements.txt or pyproject.toml change.
 $(STAMP): requirements.txt pyproject.toml
@@ -21,14 +25,17 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(XAI) prepare --config $(EXP)
-	$(XAI) train --config $(EXP)
-	$(XAI) evaluate --run-dir artifacts/runs/$(basename $(notdir $(EXP)))/latest
-	$(XAI) plots --run-dir artifacts/runs/$(basename $(notdir $(EXP)))/latest
-	$(XAI) explain --run-dir artifacts/runs/$(basename $(notdir $(EXP)))/latest
-	@echo "reports: $$(readlink -f artifacts/runs/$(basename $(notdir $(EXP)))/latest | sed 's#/runs/#/reports/#')"
+	$(PY) -m xai_lab sweep --config $(SWEEP) $(if $(RESUME),--resume) name=$(DEMO_NAME) $(ARGS)
+	@echo "open: file://$$(readlink -f ray_results/$(DEMO_NAME)/index.html)"
 
-test: setup
+# The report test opens index.html in headless Chromium (Debian's chromium package).
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { echo "installing chromium for the report test"; \
+	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium >/dev/null; }
+
+test: setup chromium
 	$(PY) -m pytest -q
 
 lint: setup

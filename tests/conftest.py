@@ -19,3 +19,51 @@ def in_tmp(tmp_path, monkeypatch):
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def module_workdir(tmp_path_factory):
+    """Like ``in_tmp``, for module-scoped fixtures: a fresh folder with configs/, as the working directory."""
+    work = tmp_path_factory.mktemp("work")
+    (work / "configs").symlink_to(ROOT / "configs")
+    old = os.getcwd()
+    os.chdir(work)
+    try:
+        yield work
+    finally:
+        os.chdir(old)
+
+
+def make_folder_dataset(
+    root: Path, classes: list[str], n_per_class: int, seed: int = 0, size: int = 48
+) -> Path:
+    """A tiny ImageFolder dataset whose classes differ by where a bright bar is (learnable in a few steps)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name in sorted(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            img = rng.integers(0, 80, (size, size)).astype(np.uint8)
+            row = 4 + (sum(map(ord, name)) % 5) * 8
+            img[row : row + 8, 8:40] = 255
+            Image.fromarray(img).save(folder / f"s{i:03d}_{name}.png")
+    return root
+
+
+def write_tiny_experiment(
+    folder: Path, name: str, data_root: str, methods: tuple[str, ...] = ("saliency",)
+) -> Path:
+    """An experiment YAML for a tiny folder dataset: ResNet18, ImageNet stem, 48 px, CPU."""
+    path = folder / f"{name}.yaml"
+    path.write_text(
+        "run: {seed: 0, device: cpu, progress: false}\n"
+        f"data: {{source: folder, root: {data_root}, name: {name}, image_size: 48}}\n"
+        "model: {depth: 18, stem: imagenet, input_size: 48}\n"
+        "train: {epochs: 2, batch_size: 16, lr: 0.002, eval_batch_size: 64}\n"
+        f"explain: {{methods: [{', '.join(methods)}], num_each: 2,\n"
+        "          metrics: {num_images: 8, steps: 4, randomization_images: 2}}\n"
+    )
+    return path

@@ -19,27 +19,17 @@ def _run(capsys, *argv):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(module_workdir):
     """prepare, train, evaluate, plots, explain with --smoke in a fresh folder."""
-    import os
-
-    from tests.conftest import ROOT
-
-    work = tmp_path_factory.mktemp("cli")
-    (work / "configs").symlink_to(ROOT / "configs")
-    old = os.getcwd()
-    os.chdir(work)
-    codes = []
-    try:
-        codes.append(main(["prepare", "--config", EXP, "--smoke", *FAST]))
-        codes.append(main(["train", "--config", EXP, "--smoke", *FAST]))
-        run = "artifacts/runs/exp000_resnet18_saliency_synthfaces/latest"
-        codes.append(main(["evaluate", "--run-dir", run, "--smoke"]))
-        codes.append(main(["plots", "--run-dir", run, "--smoke"]))
-        codes.append(main(["explain", "--run-dir", run, "--smoke", "--methods", "saliency,gradcam"]))
-        yield work, codes, (work / run).resolve()
-    finally:
-        os.chdir(old)
+    run = "artifacts/runs/exp000_resnet18_saliency_synthfaces/latest"
+    codes = [
+        main(["prepare", "--config", EXP, "--smoke", *FAST]),
+        main(["train", "--config", EXP, "--smoke", *FAST]),
+        main(["evaluate", "--run-dir", run, "--smoke"]),
+        main(["plots", "--run-dir", run, "--smoke"]),
+        main(["explain", "--run-dir", run, "--smoke", "--methods", "saliency,gradcam"]),
+    ]
+    return module_workdir, codes, (module_workdir / run).resolve()
 
 
 def test_five_verbs_follow_the_design_layout(smoke_run):

@@ -55,3 +55,51 @@ def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
     except RuntimeError as e:
         raise UserError(f"{path} does not match its own config: {str(e).splitlines()[0]}") from None
     return model.to(device).eval(), cfg, class_names, state
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder (its ``best.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        from xai_lab.runs import resolve_run_dir
+
+        return resolve_run_dir(path) / "best.pt"
+    return path
+
+
+def init_from_checkpoint(model: FaceNet, path: str | Path, class_names: list[str]) -> dict[str, Any]:
+    """Start ``model`` from another run's weights (``model.init_from``): fine-tuning, e.g. FER+ -> CK+.
+
+    Every weight is copied when the checkpoint was trained on the same classes in the same
+    order; otherwise all but the head (``backbone.fc``) are copied and the new head keeps its
+    fresh initialisation.
+
+    Returns:
+        ``{"path", "head": "kept" | "replaced", "source_classes"}`` for the run's summary.
+
+    Raises:
+        UserError: the checkpoint is unreadable or holds another architecture (depth, stem, channels).
+    """
+    path = resolve_checkpoint(path)
+    state = load_checkpoint(path)
+    source_classes = list(state.get("class_names", []))
+    weights = dict(state["model"])
+    same = source_classes == list(class_names)
+    if not same:
+        weights = {k: v for k, v in weights.items() if not k.startswith("backbone.fc.")}
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:
+        lines = str(e).splitlines()
+        detail = next((ln.strip() for ln in lines if "size mismatch" in ln), lines[0])
+        raise UserError(
+            f"model.init_from={path}: its weights do not fit this model ({detail}); "
+            "depth, stem and data.channels must match the run it came from"
+        ) from None
+    wrong = [k for k in missing if not k.startswith("backbone.fc.")] + list(unexpected)
+    if wrong:
+        raise UserError(
+            f"model.init_from={path}: its weights do not fit this model (e.g. {wrong[0]}); "
+            "depth, stem and data.channels must match the run it came from"
+        )
+    return {"path": str(path), "head": "kept" if same else "replaced", "source_classes": source_classes}

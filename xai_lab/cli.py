@@ -40,12 +40,11 @@ def smoke_overrides(config_path: str) -> list[str]:
     from xai_lab.config import load_experiment
 
     cfg = load_experiment(config_path)
-    per_class = (
-        f"data.synthfaces.n_per_class={SMOKE_PER_CLASS}"
-        if cfg.data.source == "synthfaces"
-        else f"data.limit_per_class={SMOKE_PER_CLASS}"
-    )
-    return [per_class, *SMOKE_OVERRIDES]
+    if cfg.data.source == "synthfaces":
+        return [f"data.synthfaces.n_per_class={SMOKE_PER_CLASS}", *SMOKE_OVERRIDES]
+    # A smoke run prepares its own small copy instead of replacing the full one.
+    return [f"data.limit_per_class={SMOKE_PER_CLASS}", f"data.name={cfg.data.name}_limit{SMOKE_PER_CLASS}",
+            *SMOKE_OVERRIDES]
 
 
 def load_config(args: argparse.Namespace):
@@ -55,13 +54,26 @@ def load_config(args: argparse.Namespace):
     return load_experiment(args.config, overrides)
 
 
-def load_run_config(args: argparse.Namespace, extra: list[str] | tuple[str, ...] = ()):
+def load_run_config(
+    args: argparse.Namespace, extra: list[str] | tuple[str, ...] = (), data_file: str | None = None
+):
     """The config saved in a run folder, with the overrides a trained run allows.
 
-    ``--explain-config FILE`` (explain only) replaces the run's ``explain`` section before the
-    overrides; ``extra`` overrides (e.g. the smoke ones) come before the user's.
+    ``extra`` overrides (e.g. the smoke ones) come before the user's. ``--explain-config FILE``
+    (explain only) replaces the run's ``explain`` section before the overrides. With
+    ``data_file`` (a data or experiment YAML) its data section replaces the run's (cross-dataset
+    evaluation); ``data.*`` overrides then apply to it.
     """
-    from xai_lab.config import apply_overrides, from_dict, load_saved, parse_override, read_yaml, to_dict
+    from xai_lab.config import (
+        apply_overrides,
+        from_dict,
+        load_saved,
+        parse_override,
+        read_data_section,
+        read_yaml,
+        resolve,
+        to_dict,
+    )
     from xai_lab.runs import resolve_run_dir
 
     run_dir = resolve_run_dir(args.run_dir)
@@ -80,6 +92,13 @@ def load_run_config(args: argparse.Namespace, extra: list[str] | tuple[str, ...]
         if not isinstance(section, dict):
             raise UserError(f"{explain_file} must be a mapping of explain keys (methods, split, num_each, ...)")
         values["explain"] = section
+    if data_file:
+        values["data"] = read_data_section(data_file)
+        cfg = resolve(from_dict(apply_overrides(values, overrides)))
+        if getattr(args, "smoke", False):
+            cfg.data.limit_per_class = SMOKE_PER_CLASS
+            cfg.data.name = f"{cfg.data.name}_limit{SMOKE_PER_CLASS}"
+        return run_dir, cfg
     return run_dir, from_dict(apply_overrides(values, overrides))
 
 
@@ -87,11 +106,44 @@ def load_run_config(args: argparse.Namespace, extra: list[str] | tuple[str, ...]
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
+    from xai_lab.data.audit import audit_dataset, summary_lines
     from xai_lab.data.prepare import prepare
 
     cfg = load_config(args)
-    out = prepare(cfg.data, progress=cfg.run.progress)
+    out = prepare(cfg.data, progress=cfg.run.progress, audit=False)
+    report = audit_dataset(cfg.data, out)
     print(f"prepared {cfg.data.name}: {out}/metadata.csv and {out}/splits/")
+    print("\n".join(summary_lines(report)))
+    print(f"audit: {out}/audit.md")
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    from xai_lab.data.audit import run_audit, summary_lines
+
+    cfg = load_config(args)
+    report, out = run_audit(cfg.data, progress=cfg.run.progress)
+    print("\n".join(summary_lines(report)))
+    print(f"audit: {out}/audit.json, {out}/audit.md")
+
+
+def cmd_cv(args: argparse.Namespace) -> None:
+    from xai_lab.crossval import cross_validate
+
+    cfg = load_config(args)
+    only = None
+    if args.only:
+        try:
+            only = [int(f) for f in args.only.split(",") if f.strip()]
+        except ValueError:
+            raise UserError(f"--only must list fold numbers like 0,1,2, got {args.only!r}") from None
+    result = cross_validate(cfg, only)
+    acc, f1 = result["test_accuracy"], result["test_macro_f1"]
+    print(
+        f"{len(result['folds_run'])} of {result['folds']} folds: "
+        f"test accuracy {acc['mean']:.4f} ± {acc['std']:.4f}, macro-F1 {f1['mean']:.4f} ± {f1['std']:.4f} "
+        f"(pooled accuracy {result['pooled_test_accuracy']:.4f} on {result['test_images']} images)"
+    )
+    print(f"-> {result['report_dir']}/cv_summary.json")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -107,8 +159,21 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from xai_lab.data.dataset import load_dataset
-    from xai_lab.evaluate import evaluate_run
+    from xai_lab.evaluate import evaluate_other_dataset, evaluate_run
 
+    if args.data:
+        run_dir, cfg = load_run_config(args, data_file=args.data)
+        dataset = load_dataset(cfg.data, progress=cfg.run.progress)
+        summary = evaluate_other_dataset(run_dir, dataset, args.out, split=args.split, device=cfg.run.device,
+                                         max_images=SMOKE_EVAL_IMAGES if args.smoke else None)
+        print(f"{summary['trained_on']} model on {summary['dataset']} {args.split} over the shared classes "
+              f"{', '.join(summary['shared_classes'])}: accuracy {summary['accuracy']:.4f}, macro-F1 "
+              f"{summary['macro_f1']:.4f} (n={summary['n']}; left out {summary['n_left_out']} images of "
+              f"{', '.join(summary['data_only_classes']) or 'no other class'}; model-only classes: "
+              f"{', '.join(summary['model_only_classes']) or 'none'})")
+        out = Path(args.out) if args.out else _report(run_dir, None) / f"cross_{summary['dataset']}"
+        print(f"-> {out}/test_summary.json")
+        return
     run_dir, cfg = load_run_config(args)
     dataset = load_dataset(cfg.data, progress=cfg.run.progress)
     summary = evaluate_run(run_dir, args.out, dataset=dataset, split=args.split, device=cfg.run.device,
@@ -147,6 +212,18 @@ def cmd_explain(args: argparse.Namespace) -> None:
         print(f"metrics: {report}/xai/metrics.json and metrics.md")
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from sweeps.cli import cmd_sweep as run  # the orchestration layer; imports Ray
+
+    run(args)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from sweeps.cli import cmd_report as run
+
+    run(args)
+
+
 def _report(run_dir: Path, out: str | None) -> Path:
     from xai_lab.runs import report_dir_for
 
@@ -175,8 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("prepare", cmd_prepare, "manifest, stratified splits and decoded cache of a dataset")
     verb("train", cmd_train, "one training run")
+    cv = verb("cv", cmd_cv, "k-fold cross-validation (data.folds): a run per fold, mean and std of scores")
+    cv.add_argument("--only", default=None, help="comma-separated folds to run (default: all)")
+    verb("audit", cmd_audit, "duplicates, leakage, label conflicts, size/mode/brightness per class, balance")
     ev = verb("evaluate", cmd_evaluate, "test metrics of a run's best checkpoint", run_dir=True)
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--data", default=None, metavar="DATA_YAML",
+                    help="score on another dataset (configs/data/*.yaml) over the emotions both share")
     verb("plots", cmd_plots, "training curves and the confusion matrix as PNGs", run_dir=True)
     ex = verb("explain", cmd_explain, "explanation galleries and metrics (faithfulness, sanity, masks)",
               run_dir=True)
@@ -186,7 +268,42 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated, e.g. saliency,gradcam (overrides explain.methods)")
     ex.add_argument("--explain-config", default=None, metavar="FILE",
                     help="an explain YAML (configs/explain/*.yaml) replacing the run's explain section")
+    sw = sub.add_parser("sweep", help="Ray Tune + Optuna sweep, then reports of the best trials",
+                        description="Ray Tune + Optuna sweep over the base experiments of a sweep YAML, "
+                        "then evaluate/plots/explain of the top-k trials, the comparison and index.html")
+    sw.add_argument("--config", required=True, help="sweep YAML (configs/sweeps/*.yaml)")
+    sw.add_argument("--resume", action="store_true",
+                    help="carry on with an interrupted sweep of the same name")
+    sw.add_argument("--address", default=None,
+                    help="a running Ray cluster: auto, or host:port (default: RAY_ADDRESS, else a local Ray)")
+    sw.add_argument("--dashboard", action="store_true",
+                    help="start the local Ray with its dashboard on 127.0.0.1")
+    sw.add_argument("--top", type=_non_negative, default=None,
+                    help="report the top K trials per dataset (default: fanout.top_k)")
+    sw.add_argument("--smoke", action="store_true", help="the same work, tiny: two trials of one short epoch")
+    sw.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="dotted sweep overrides (search.num_samples=4)")
+    sw.set_defaults(func=cmd_sweep)
+    rp = sub.add_parser("report", help="index.html over a sweep's best trials",
+                        description="pull the best trials' reports of a sweep into one folder, "
+                        "with index.html")
+    rp.add_argument("--sweep", required=True, help="the sweep folder (ray_results/<sweep>)")
+    rp.add_argument("--top", type=_non_negative, default=None,
+                    help="best K reported trials per dataset (default: all)")
+    rp.add_argument("--out", default=None,
+                    help="folder to pull the reports into (default: the sweep folder)")
+    rp.set_defaults(func=cmd_report)
     return parser
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

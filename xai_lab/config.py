@@ -50,6 +50,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     output_root: str = "artifacts"  # runs go to <output_root>/runs, reports to <output_root>/reports
     progress: bool = True  # tqdm bars on stderr
+    tensorboard: bool = True  # fit's own tb/ scalars; a sweep turns them off (Tune logs the same scalars)
 
 
 @dataclass
@@ -70,7 +71,28 @@ class SynthFacesConfig:
     seed: int = 0
 
 
-DataSource = Literal["synthfaces", "folder"]
+@dataclass
+class FerPlusConfig:
+    """How FER+ crowd votes become labels (``source: ferplus`` only); see docs/datasets.md."""
+
+    # majority: Barsoum et al. (2016): single votes dropped, the top emotion needs > half the votes left,
+    #   images whose winner is unknown/NF (or with no majority) are left out;
+    # plurality: the most-voted emotion, ties and unknown/NF winners left out;
+    # probability: soft targets (the vote distribution, trained with soft cross-entropy).
+    label_mode: Literal["majority", "plurality", "probability"] = "majority"
+
+
+@dataclass
+class AuditConfig:
+    """Thresholds of the data audit (``xai-lab audit``, also run by ``prepare``)."""
+
+    near_duplicate_distance: int = _bounded(6, 0, 64)  # candidates: pHashes (64 bits) at most this far apart
+    near_duplicate_pixel_delta: float = _bounded(6.0, 0.0, 255.0)  # confirmed: mean |gray difference| <= this
+    brightness_delta: float = _bounded(25.0, 0.0, 255.0)  # flag a class whose mean brightness is this far off
+    max_examples: int = _bounded(20, 0)  # examples listed per finding in audit.json / audit.md
+
+
+DataSource = Literal["synthfaces", "folder", "ckplus", "fer2013", "ferplus"]
 
 
 @dataclass
@@ -79,6 +101,7 @@ class DataConfig:
 
     source: DataSource = "synthfaces"
     root: str = ""  # raw dataset folder; synthfaces defaults to data/raw/<name>
+    layout: Literal["auto", "folders", "csv"] = "auto"  # fer2013/ferplus: image folders or the original CSVs
     name: str = ""  # processed folder name under processed_root; derived when empty
     processed_root: str = "data/processed"
     image_size: int = _bounded(48, 8)  # images are decoded (and resized if needed) to this size
@@ -87,9 +110,15 @@ class DataConfig:
     split_seed: int = 0  # fixed apart from run.seed, so that runs with other seeds share a split
     subject_pattern: str = ""  # regex on the file name whose first group is the subject; "": the file stem
     group_by_subject: bool = False  # no subject in two splits (CK+)
+    folds: int = _bounded(0, 0, 100)  # k-fold cross-validation (>= 3; 0: off); prepare writes every fold
+    fold: int = _bounded(-1, -1, 99)  # -1: the holdout split above; 0..folds-1: fold k is the test set
     on_bad_image: Literal["error", "skip"] = "error"  # skip: leave it out and record it
+    on_bad_row: Literal["error", "skip"] = "error"  # malformed CSV / label.csv rows: stop, or skip and record
+    dedup: Literal["keep", "drop_conflicts", "drop_cross_split", "drop_all"] = "keep"  # exact duplicates
     limit_per_class: int = _bounded(0, 0)  # 0: all images; >0 keeps the first k per class (smoke runs)
     synthfaces: SynthFacesConfig = field(default_factory=SynthFacesConfig)
+    ferplus: FerPlusConfig = field(default_factory=FerPlusConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
 
 @dataclass
@@ -100,6 +129,7 @@ class ModelConfig:
     pretrained: bool | str = False  # true: torchvision ImageNet weights; or a path to a .pth
     input_size: int = _bounded(48, 16)  # batches are resized to this on the device
     stem: Literal["imagenet", "small"] = "imagenet"
+    init_from: str = ""  # a run folder or checkpoint to start from; a new head if the classes differ
 
 
 @dataclass
@@ -124,6 +154,8 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model
+    cudnn_benchmark: bool = True  # on CUDA: let cuDNN time its convolution algorithms once per shape
+    checkpoint_every: int = _bounded(1, 1)  # epochs between last.pt/best.pt writes (the last epoch always)
 
 
 @dataclass
@@ -333,6 +365,23 @@ def _check(cfg: ExperimentConfig) -> None:
         raise UserError("config keys 'data.split.train' and 'data.split.val' must be > 0")
     if cfg.data.source != "synthfaces" and not cfg.data.root:
         raise UserError(f"config key 'data.root' must name the dataset folder for source '{cfg.data.source}'")
+    check_data(cfg.data)
+
+
+def check_data(data: DataConfig) -> None:
+    """Cross-key rules of the data section alone (also used for ``evaluate --data``)."""
+    if data.folds and data.folds < 3:
+        raise UserError(f"config key 'data.folds' must be 0 (off) or at least 3, got {data.folds}")
+    if data.fold >= 0 and not data.folds:
+        raise UserError(
+            f"config key 'data.fold' is {data.fold} but data.folds is 0; "
+            "set data.folds (e.g. 10) or data.fold=-1 (the holdout split)"
+        )
+    if data.folds and data.fold >= data.folds:
+        raise UserError(
+            f"config key 'data.fold' must be in [-1, {data.folds - 1}] for data.folds={data.folds}, "
+            f"got {data.fold}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,6 +495,35 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     apply_overrides(values, overrides)
     values.setdefault("run", {}).setdefault("name", path.stem)
     return resolve(from_dict(values))
+
+
+def build_data_config(values: dict, prefix: str = "data") -> DataConfig:
+    """A checked, resolved :class:`DataConfig` from a dict (a data YAML's content, or values in code)."""
+    from xai_lab.data.sources import default_name, default_root
+
+    if not isinstance(values, dict):
+        raise UserError(f"config '{prefix}' must be a mapping, got {values!r}")
+    data = _from_dict(DataConfig, values, prefix)
+    check_data(data)
+    if not data.root:
+        data.root = default_root(data)
+    if not data.name:
+        data.name = default_name(data)
+    return data
+
+
+def read_data_section(path: str | Path) -> dict:
+    """The data section of a data YAML (``configs/data/*.yaml``) or of an experiment YAML, as a dict."""
+    path = Path(path)
+    top = read_yaml(path) or {}
+    if not isinstance(top, dict):
+        raise UserError(f"{path} must be a mapping of data keys (source, root, ...)")
+    if "data" in top and set(top) <= set(SECTIONS):  # an experiment: follow its data section
+        ref = top["data"]
+        top = (read_yaml(_find_section_file(ref, path)) or {}) if isinstance(ref, str) else (ref or {})
+        if not isinstance(top, dict):
+            raise UserError(f"the data section of {path} must be a mapping")
+    return top
 
 
 def resolve(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -33,3 +33,16 @@ def autocast(device: torch.device, enabled: bool = True):
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """A numpy array (possibly read-only, e.g. from Ray's object store) as a tensor on ``device``."""
     return torch.from_numpy(np.require(array, requirements=["C", "W"])).to(device)
+
+
+def release_device_memory(device: torch.device) -> None:
+    """Collect unreachable tensors and return PyTorch's cached CUDA blocks to the driver.
+
+    Call it once the tensors of a run are dropped: a process that trains several runs (a reused
+    Ray actor, trials packed on one GPU) otherwise keeps the previous run's peak memory reserved.
+    """
+    if device.type == "cuda":
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()

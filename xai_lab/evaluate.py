@@ -19,6 +19,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from xai_lab.atomic import atomic_write_json, atomic_write_with
 from xai_lab.config import save_config
 from xai_lab.device import autocast, to_device
+from xai_lab.models import cam_grid_size
 
 log = logging.getLogger(__name__)
 
@@ -102,17 +103,45 @@ def evaluate_run(
         The summary written to ``test_summary.json``.
     """
     from xai_lab.checkpoint import model_from_checkpoint
-    from xai_lab.data.dataset import load_dataset
     from xai_lab.device import resolve_device
-    from xai_lab.models import cam_grid_size
     from xai_lab.runs import report_dir_for, resolve_run_dir
 
     run_dir = resolve_run_dir(run_dir)
     report_dir = Path(report_dir) if report_dir is not None else report_dir_for(run_dir)
     ckpt = run_dir / "best.pt"
     model, cfg, class_names, state = model_from_checkpoint(ckpt, "cpu")
-    dev = resolve_device(device or cfg.run.device)
-    model.to(dev)
+    model.to(resolve_device(device or cfg.run.device))
+    summary = evaluate_model(model, cfg, class_names, report_dir, dataset=dataset, split=split,
+                             max_images=max_images, checkpoint=ckpt, epoch=int(state["epoch"]))
+    log.info("%s: accuracy %.4f macro-F1 %.4f on %d %s images -> %s", run_dir.name, summary["accuracy"],
+             summary["macro_f1"], summary["n"], split, report_dir)
+    return summary
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    cfg,
+    class_names: list[str],
+    report_dir: str | Path,
+    *,
+    dataset=None,
+    split: str = "test",
+    max_images: int | None = None,
+    checkpoint: str | Path = "",
+    epoch: int = 0,
+) -> dict:
+    """Score a loaded ``model`` (on its device, in eval mode) on ``split``; write the report files.
+
+    The part of :func:`evaluate_run` after loading, for callers that already hold the model (the
+    sweep's fan-out loads a trial's model once for evaluation and its class maps).
+
+    Args:
+        cfg: the run's config (data, ``train.eval_batch_size``, ``train.amp``).
+        checkpoint, epoch: recorded in the summary.
+    """
+    from xai_lab.data.dataset import load_dataset
+
+    report_dir = Path(report_dir)
     if dataset is None:
         dataset = load_dataset(cfg.data, progress=cfg.run.progress)
     data = dataset.splits[split]
@@ -125,10 +154,80 @@ def evaluate_run(
     summary, cm, _ = evaluate_split(model, data.images, data.labels, class_names, cfg.train.eval_batch_size,
                                     cfg.train.amp)
     side = cam_grid_size(cfg.model)  # the Grad-CAM grid of the last block, recorded beside accuracy
-    summary.update(split=split, checkpoint=str(ckpt), epoch=int(state["epoch"]), dataset=dataset.name,
-                   cam_grid=[side, side])
+    summary.update(split=split, checkpoint=str(checkpoint), epoch=epoch, dataset=dataset.name, cam_grid=[side, side])
     write_evaluation(report_dir, summary, cm, class_names)
     save_config(cfg, report_dir / "config.yaml")
-    log.info("%s: accuracy %.4f macro-F1 %.4f on %d %s images -> %s", run_dir.name, summary["accuracy"],
-             summary["macro_f1"], summary["n"], split, report_dir)
+    return summary
+
+
+def evaluate_other_dataset(
+    run_dir: str | Path,
+    dataset,
+    report_dir: str | Path | None = None,
+    *,
+    split: str = "test",
+    max_images: int | None = None,
+    device: str | None = None,
+) -> dict:
+    """Score a run's best checkpoint on another dataset, over the emotions both share.
+
+    Classes are lined up on the emotion vocabulary (:mod:`xai_lab.data.emotions`): images of
+    classes the model never saw are left out, and the prediction is the most likely of the
+    shared classes (the model's other outputs are ignored). ``accuracy_all_outputs`` is the
+    stricter score where a prediction of a class the dataset lacks counts as wrong.
+
+    Writes ``test_summary.json`` and ``test_confusion_matrix.csv`` into ``report_dir``
+    (default: the run's report folder ``/cross_<dataset>``), never over the run's own results.
+
+    Returns:
+        The summary: accuracy, macro-F1, per class (named by the vocabulary), ``shared_classes``,
+        ``model_only_classes``, ``data_only_classes``, ``n_left_out``, ``trained_on``, ``dataset``.
+    """
+    from xai_lab.checkpoint import model_from_checkpoint
+    from xai_lab.data.emotions import shared_classes
+    from xai_lab.device import resolve_device
+    from xai_lab.errors import UserError
+    from xai_lab.runs import report_dir_for, resolve_run_dir
+
+    run_dir = resolve_run_dir(run_dir)
+    ckpt = run_dir / "best.pt"
+    model, cfg, model_classes, state = model_from_checkpoint(ckpt, "cpu")
+    model.to(resolve_device(device or cfg.run.device))
+    shared = shared_classes(model_classes, dataset.class_names)
+    if not shared.emotions:
+        raise UserError(f"the model's classes ({', '.join(model_classes)}) and {dataset.name}'s "
+                        f"({', '.join(dataset.class_names)}) share no emotion")
+    data = dataset.splits[split]
+    if data.images.shape[1] != cfg.data.channels:
+        raise UserError(f"{dataset.name} has {data.images.shape[1]} channel(s) but the model takes "
+                        f"{cfg.data.channels}; set data.channels={cfg.data.channels}")
+    to_shared = np.full(len(dataset.class_names), -1)
+    to_shared[shared.data_idx] = np.arange(len(shared.emotions))
+    keep = np.flatnonzero(to_shared[data.labels] >= 0)
+    left_out = len(data) - len(keep)
+    if max_images is not None:
+        keep = keep[:max_images]
+    if len(keep) == 0:
+        raise UserError(f"the {split} split of {dataset.name} holds no image of a shared class")
+    data = data.subset(keep)
+    y_true = to_shared[data.labels]
+    logits = predict_logits(model, to_device(data.images, next(model.parameters()).device),
+                            cfg.train.eval_batch_size, cfg.train.amp).cpu()
+    y_pred = logits[:, shared.model_idx].argmax(dim=1).numpy()
+    all_pred = logits.argmax(dim=1).numpy()
+    summary = classification_summary(y_true, y_pred, shared.emotions)
+    cm = confusion_matrix(y_true, y_pred, labels=list(range(len(shared.emotions))))
+    summary.update(
+        accuracy_all_outputs=float(np.mean(all_pred == np.asarray(shared.model_idx)[y_true])),
+        split=split, checkpoint=str(ckpt), epoch=int(state["epoch"]), cross_dataset=True,
+        trained_on=cfg.data.name, dataset=dataset.name, shared_classes=shared.emotions,
+        model_only_classes=shared.model_only, data_only_classes=shared.data_only, n_left_out=int(left_out),
+    )
+    if report_dir is None:
+        report_dir = report_dir_for(run_dir) / f"cross_{dataset.name}"
+    report_dir = Path(report_dir)
+    write_evaluation(report_dir, summary, cm, shared.emotions)
+    log.info("%s on %s (%s, shared: %s): accuracy %.4f macro-F1 %.4f on %d images (%d left out) -> %s",
+             run_dir.name, dataset.name, split, ", ".join(shared.emotions), summary["accuracy"],
+             summary["macro_f1"], summary["n"], left_out, report_dir)
     return summary

@@ -59,8 +59,9 @@ def resolve_run_dir(path: str | Path) -> Path:
 
 
 def report_dir_for(run_dir: Path) -> Path:
-    """``.../runs/<exp>/<id>`` -> ``.../reports/<exp>/<id>``; other layouts get ``<run_dir>/report``."""
+    """``runs/<exp>/<id>[/fold<k>]`` -> ``reports/<exp>/<id>[/fold<k>]``; else ``<run_dir>/report``."""
     run_dir = Path(run_dir)
-    if run_dir.parent.parent.name == "runs":
-        return run_dir.parent.parent.parent / "reports" / run_dir.parent.name / run_dir.name
+    for runs in run_dir.parents[1:3]:  # runs/<exp>/<id>, or runs/<exp>/<cv-id>/fold<k> (cross-validation)
+        if runs.name == "runs":
+            return runs.parent / "reports" / run_dir.relative_to(runs)
     return run_dir / "report"

@@ -6,9 +6,10 @@ batch is gathered by indexing, augmented as a whole batch (:mod:`xai_lab.data.au
 and resized inside the model. Nothing is decoded or copied per image, and the loop reads
 no value back to the host until the epoch ends.
 
-Outputs in the run folder: ``config.yaml`` (resolved), ``last.pt`` (every epoch),
-``best.pt`` (best val macro-F1), ``train_log.jsonl`` (one line per epoch), ``tb/``
-(TensorBoard scalars) and ``train_summary.json``.
+Outputs in the run folder: ``config.yaml`` (resolved), ``last.pt`` (every
+``train.checkpoint_every`` epochs and the last), ``best.pt`` (best val macro-F1, written with
+``last.pt``), ``train_log.jsonl`` (one line per epoch), ``tb/`` (TensorBoard scalars, unless
+``run.tensorboard`` is off) and ``train_summary.json``.
 """
 
 from __future__ import annotations
@@ -27,20 +28,20 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
 from xai_lab.atomic import atomic_write_json
-from xai_lab.checkpoint import load_checkpoint, save_checkpoint
+from xai_lab.checkpoint import init_from_checkpoint, load_checkpoint, save_checkpoint
 from xai_lab.config import ExperimentConfig, TrainConfig, save_config, to_dict
 from xai_lab.data.augment import augment_batch
 from xai_lab.data.dataset import Dataset, load_dataset
 from xai_lab.data.sampler import epoch_indices, sample_weights
-from xai_lab.device import autocast, resolve_device, to_device
+from xai_lab.device import autocast, release_device_memory, resolve_device, to_device
 from xai_lab.evaluate import predict_logits
 from xai_lab.models import build_model
 from xai_lab.runs import create_run_dir
 
 log = logging.getLogger(__name__)
 
-# callback(metrics of the epoch, path of last.pt) -> True to stop training early.
-EpochCallback = Callable[[dict[str, Any], Path], "bool | None"]
+# callback(metrics of the epoch, path of last.pt when written that epoch, else None) -> True to stop early.
+EpochCallback = Callable[[dict[str, Any], "Path | None"], "bool | None"]
 
 
 def seed_everything(seed: int) -> None:
@@ -130,6 +131,7 @@ def fit(
     run_dir: str | Path | None = None,
     callback: EpochCallback | None = None,
     resume_from: str | Path | None = None,
+    checkpoint_at: Callable[[int], bool] | None = None,
 ) -> dict[str, Any]:
     """Train one model as ``cfg`` says.
 
@@ -138,93 +140,98 @@ def fit(
         dataset: the prepared data (loaded, and prepared if needed, from ``cfg.data`` when None).
         run_dir: where to write; a fresh ``<output_root>/runs/<name>/<run_id>`` when None.
         callback: called after every epoch with the epoch's metrics and the path of
-            ``last.pt``; returning True stops training (the sweep reports through this).
+            ``last.pt`` when it was written that epoch (else None); returning True stops
+            training (the sweep reports through this).
         resume_from: a ``last.pt`` to continue from (model, optimizer, schedule, epoch).
+        checkpoint_at: ``epoch -> bool``, the epochs after which ``last.pt`` (and ``best.pt``,
+            when a better epoch came since) are written; default every ``train.checkpoint_every``
+            epochs. The last epoch is always written.
+
+    ``cfg.model.init_from`` (a run folder or checkpoint) starts the model from another run's
+    weights, with a fresh head when the classes differ (:func:`xai_lab.checkpoint.init_from_checkpoint`).
 
     Returns:
         A summary: ``best_val_macro_f1``, ``best_epoch``, ``epochs_run``, the last epoch's
         metrics, ``train_seconds``, ``images_per_second`` and ``run_dir``.
+
+    Memory: whether it returns or raises (a Ray trial stopped by ASHA leaves through a
+    ``SystemExit`` raised in its report), ``fit`` drops its model, optimizer and on-device data
+    and empties the CUDA cache before it leaves, so a stopped trial hands its GPU memory back
+    to the trials packed beside it.
     """
     t_start = time.perf_counter()
     device = resolve_device(cfg.run.device)
     tc = cfg.train
     seed_everything(cfg.run.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = tc.cudnn_benchmark  # process-wide; fit owns the process's training
+        torch.cuda.reset_peak_memory_stats(device)  # gpu_mem_peak_mb is this run's, in a reused process too
     if dataset is None:
         dataset = load_dataset(cfg.data, progress=cfg.run.progress)
     run_dir = Path(run_dir) if run_dir is not None else create_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
+    if checkpoint_at is None:
+        def checkpoint_at(e: int) -> bool:
+            return e % tc.checkpoint_every == 0
 
     train, val = dataset.splits["train"], dataset.splits["val"]
     k = dataset.num_classes
-    x_train, y_train = to_device(train.images, device), to_device(train.labels, device)
-    soft_train = None if train.soft_targets is None else to_device(train.soft_targets, device)
-    x_val = to_device(val.images, device)
-
-    model = build_model(cfg.model, k, cfg.data.channels).to(device)
-    if device.type == "cuda" and tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, tc)
     steps_per_epoch = max(1, len(train) // tc.batch_size)  # drop the last partial batch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, tc))
-    step_model = torch.compile(model) if tc.compile else model
-
-    weights = sample_weights(y_train, tc.sampler, k)
-    loss_weight = class_weights(y_train, k) if tc.class_weighted_loss else None
-    gen = torch.Generator(device=device)
-    gen.manual_seed(cfg.run.seed)
-
     start_epoch, best_f1, best_epoch = 1, -1.0, 0
-    if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"]) + 1
-        best_f1, best_epoch = float(state["best_val_macro_f1"]), int(state["best_epoch"])
-        gen.manual_seed(cfg.run.seed + start_epoch)  # a resumed run draws fresh batches
-        log.info("resumed from %s at epoch %d", resume_from, start_epoch)
-
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm.auto import tqdm
-
-    writer = SummaryWriter(str(run_dir / "tb"))
-    total_steps = (tc.epochs - start_epoch + 1) * steps_per_epoch
-    bar = tqdm(total=total_steps, desc=f"train {cfg.run.name}", unit="step", disable=not cfg.run.progress,
-               leave=False, dynamic_ncols=True)
     metrics: dict[str, Any] = {}
     images_seen, train_seconds, epoch = 0, 0.0, start_epoch - 1
+    writer = bar = None
+    # Everything that holds device memory is bound here, so that the finally below can drop it.
+    x_train = y_train = soft_train = x_val = y_val = model = step_model = optimizer = scheduler = None
+    best_weights = None  # a better epoch's weights, not yet written to best.pt
+    init_info = None  # where model.init_from took the weights from
     try:
-        for epoch in range(start_epoch, tc.epochs + 1):
-            model.train()
-            t0 = time.perf_counter()
-            order = epoch_indices(weights, len(train), gen)
-            loss_sum = train_steps(step_model, optimizer, scheduler, x_train, y_train if soft_train is None
-                                   else soft_train, order, steps_per_epoch, cfg, gen, loss_weight, on_step=bar.update)
-            train_loss = float(loss_sum) / steps_per_epoch  # the epoch's one host sync
-            epoch_seconds = time.perf_counter() - t0
-            images_seen += steps_per_epoch * tc.batch_size
-            train_seconds += epoch_seconds
+        x_train, y_train = to_device(train.images, device), to_device(train.labels, device)
+        soft_train = None if train.soft_targets is None else to_device(train.soft_targets, device)
+        x_val, y_val = to_device(val.images, device), to_device(val.labels, device)
 
-            model.eval()
-            val_logits = predict_logits(model, x_val, tc.eval_batch_size, tc.amp)
-            y_val = to_device(val.labels, device)
-            val_loss = float(F.cross_entropy(val_logits, y_val)) if len(val) else float("nan")
-            pred = val_logits.argmax(1).cpu().numpy()
-            metrics = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "val_accuracy": float((pred == val.labels).mean()) if len(val) else float("nan"),
-                "val_macro_f1": float(f1_score(val.labels, pred, labels=list(range(k)), average="macro",
-                                              zero_division=0)),
-                "lr": optimizer.param_groups[0]["lr"],
-                "epoch_seconds": epoch_seconds,
-                "images_per_second": steps_per_epoch * tc.batch_size / epoch_seconds,
-            }
-            improved = metrics["val_macro_f1"] > best_f1
-            if improved:
-                best_f1, best_epoch = metrics["val_macro_f1"], epoch
+        model = build_model(cfg.model, k, cfg.data.channels)
+        if cfg.model.init_from and resume_from is None:
+            init_info = init_from_checkpoint(model, cfg.model.init_from, dataset.class_names)
+            log.info("initialised from %s (head %s)", init_info["path"], init_info["head"])
+        model = model.to(device)
+        if device.type == "cuda" and tc.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = make_optimizer(model, tc)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, tc))
+        step_model = torch.compile(model) if tc.compile else model
+
+        weights = sample_weights(y_train, tc.sampler, k)
+        loss_weight = class_weights(y_train, k) if tc.class_weighted_loss else None
+        gen = torch.Generator(device=device)
+        gen.manual_seed(cfg.run.seed)
+
+        if resume_from is not None:
+            state = load_checkpoint(resume_from)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_epoch = int(state["epoch"]) + 1
+            best_f1, best_epoch = float(state["best_val_macro_f1"]), int(state["best_epoch"])
+            gen.manual_seed(cfg.run.seed + start_epoch)  # a resumed run draws fresh batches
+            log.info("resumed from %s at epoch %d", resume_from, start_epoch)
+            del state
+        epoch = start_epoch - 1
+
+        from tqdm.auto import tqdm
+
+        if cfg.run.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(run_dir / "tb"))
+        total_steps = (tc.epochs - start_epoch + 1) * steps_per_epoch
+        bar = tqdm(total=total_steps, desc=f"train {cfg.run.name}", unit="step", disable=not cfg.run.progress,
+                   leave=False, dynamic_ncols=True)
+
+        def save(epoch: int) -> Path:
+            """``last.pt`` (and ``best.pt`` when a better epoch came since the last write)."""
+            nonlocal best_weights
             state = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -237,27 +244,83 @@ def fit(
                 "best_epoch": best_epoch,
             }
             save_checkpoint(run_dir / "last.pt", state)
-            if improved:
-                save_checkpoint(run_dir / "best.pt", {k_: v for k_, v in state.items() if k_ not in ("optimizer",)})
+            if best_weights is not None:
+                best = {k_: v for k_, v in state.items() if k_ != "optimizer"}
+                best.update(model=best_weights["model"], metrics=best_weights["metrics"], epoch=best_epoch)
+                save_checkpoint(run_dir / "best.pt", best)
+                best_weights = None
+            return run_dir / "last.pt"
+
+        saved_epoch = start_epoch - 1
+        for epoch in range(start_epoch, tc.epochs + 1):
+            model.train()
+            t0 = time.perf_counter()
+            order = epoch_indices(weights, len(train), gen)
+            loss_sum = train_steps(step_model, optimizer, scheduler, x_train, y_train if soft_train is None
+                                   else soft_train, order, steps_per_epoch, cfg, gen, loss_weight, on_step=bar.update)
+            train_loss = float(loss_sum) / steps_per_epoch  # the epoch's one host sync
+            epoch_seconds = time.perf_counter() - t0
+            images_seen += steps_per_epoch * tc.batch_size
+            train_seconds += epoch_seconds
+
+            model.eval()
+            t_val = time.perf_counter()
+            val_logits = predict_logits(model, x_val, tc.eval_batch_size, tc.amp)
+            val_loss = float(F.cross_entropy(val_logits, y_val)) if len(val) else float("nan")
+            pred = val_logits.argmax(1).cpu().numpy()
+            del val_logits
+            metrics = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_accuracy": float((pred == val.labels).mean()) if len(val) else float("nan"),
+                "val_macro_f1": float(f1_score(val.labels, pred, labels=list(range(k)), average="macro",
+                                              zero_division=0)),
+                "lr": optimizer.param_groups[0]["lr"],
+                "epoch_seconds": epoch_seconds,
+                "images_per_second": steps_per_epoch * tc.batch_size / epoch_seconds,
+                "val_seconds": time.perf_counter() - t_val,
+            }
+            if device.type == "cuda":
+                metrics["gpu_mem_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            if metrics["val_macro_f1"] > best_f1:
+                best_f1, best_epoch = metrics["val_macro_f1"], epoch
+                # A device copy (cheap) until the next checkpoint writes it: best.pt is not written every epoch.
+                best_weights = {"model": {n: t.detach().clone() for n, t in model.state_dict().items()},
+                                "metrics": metrics}
+            patience_out = bool(tc.early_stopping_patience) and epoch - best_epoch >= tc.early_stopping_patience
+            last_pt = None
+            if epoch == tc.epochs or patience_out or checkpoint_at(epoch):
+                last_pt, saved_epoch = save(epoch), epoch
             with open(run_dir / "train_log.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-            for key, value in metrics.items():
-                if key != "epoch":
-                    writer.add_scalar(key, value, epoch)
-            writer.flush()
+            if writer is not None:
+                for key, value in metrics.items():
+                    if key != "epoch":
+                        writer.add_scalar(key, value, epoch)
+                writer.flush()
             bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val_f1=f"{metrics['val_macro_f1']:.3f}")
             log.info("epoch %d/%d train_loss %.4f val_acc %.4f val_macro_f1 %.4f (%.1fs, %.0f img/s)", epoch,
                      tc.epochs, train_loss, metrics["val_accuracy"], metrics["val_macro_f1"], epoch_seconds,
                      metrics["images_per_second"])
-            stop = callback(dict(metrics, best_val_macro_f1=best_f1), run_dir / "last.pt") if callback else False
+            stop = callback(dict(metrics, best_val_macro_f1=best_f1), last_pt) if callback else False
             if stop:
                 break
-            if tc.early_stopping_patience and epoch - best_epoch >= tc.early_stopping_patience:
+            if patience_out:
                 log.info("early stopping: no better val macro-F1 for %d epochs", tc.early_stopping_patience)
                 break
+        if saved_epoch != epoch and epoch >= start_epoch:  # stopped by the callback between checkpoints
+            save(epoch)
     finally:
-        bar.close()
-        writer.close()
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+        # Drop every device tensor before leaving, even through an exception whose traceback keeps
+        # this frame alive, then hand the cached blocks back to the driver (other trials on the GPU).
+        x_train = y_train = soft_train = x_val = y_val = model = step_model = optimizer = scheduler = None
+        best_weights = None
+        release_device_memory(device)
 
     summary = {
         "run_dir": str(run_dir),
@@ -269,6 +332,7 @@ def fit(
         "images_per_second": images_seen / train_seconds if train_seconds else 0.0,
         "wall_seconds": time.perf_counter() - t_start,
         "device": str(device),
+        "init_from": init_info,
     }
     atomic_write_json(run_dir / "train_summary.json", summary)
     return summary

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from xai_lab.config import DataConfig
-from xai_lab.data.prepare import SPLITS, config_sha1, prepare, processed_dir
+from xai_lab.data.prepare import SPLITS, config_sha1, prepare, processed_dir, split_dir
 from xai_lab.errors import UserError
 
 
@@ -59,7 +59,8 @@ class Dataset:
 def load_dataset(data: DataConfig, progress: bool = False) -> Dataset:
     """Load the prepared dataset of ``data``, preparing it first when missing or made differently.
 
-    Prepared files whose recorded data config differs from ``data`` are rebuilt, so a run
+    With ``data.fold >= 0`` the splits are those of that fold (``splits/fold<k>/``), else the
+    holdout split. Prepared files whose recorded data config differs from ``data`` are rebuilt, so a run
     always sees exactly the split its own config describes.
     """
     out = processed_dir(data)
@@ -67,7 +68,9 @@ def load_dataset(data: DataConfig, progress: bool = False) -> Dataset:
     if info is None or info.get("config_sha1") != config_sha1(data) or not _cache_path(out, info).is_dir():
         prepare(data, progress=progress)
         info = _read_info(out)
-    metadata = pd.read_csv(out / "metadata.csv", dtype={"subject": str, "path": str, "label": str})
+    metadata = pd.read_csv(
+        out / "metadata.csv", dtype={"subject": str, "path": str, "label": str}, keep_default_na=False
+    )
     cache = _cache_path(out, info)
     images = np.load(cache / "images.npy", mmap_mode="r")
     masks = np.load(cache / "masks.npy", mmap_mode="r") if (cache / "masks.npy").is_file() else None
@@ -77,11 +80,12 @@ def load_dataset(data: DataConfig, progress: bool = False) -> Dataset:
     soft_cols = [c for c in metadata.columns if c.startswith("p_")]
     splits = {}
     for name in SPLITS:
-        part = pd.read_csv(out / "splits" / f"{name}.csv", dtype={"path": str})
+        split_csv = split_dir(out, data.fold) / f"{name}.csv"
+        part = pd.read_csv(split_csv, dtype={"path": str}, keep_default_na=False)
         try:
             idx = np.array([row_of[p] for p in part["path"]], dtype=np.int64)
         except KeyError as e:
-            raise UserError(f"{out}/splits/{name}.csv names {e} missing from metadata.csv; run prepare again") from None
+            raise UserError(f"{split_csv} names {e} missing from metadata.csv; run prepare again") from None
         splits[name] = Split(
             images=np.ascontiguousarray(images[idx]),
             labels=metadata["label_idx"].to_numpy(np.int64)[idx],

@@ -1,16 +1,19 @@
-"""``prepare``: a dataset folder into ``metadata.csv``, seeded splits and a decoded uint8 cache.
+"""``prepare``: a dataset into ``metadata.csv``, seeded splits, a decoded uint8 cache and an audit.
 
 Output, under ``<data.processed_root>/<data.name>/``::
 
-    metadata.csv              path,label,label_idx,subject,width,height,sha1 (+ source columns)
-    splits/{train,val,test}.csv  the same columns, one file per split
-    dataset.json              class names, counts, skipped files, the config that made it
+    metadata.csv          path,label,label_idx,subject,width,height,sha1 (+ mode, split, fold...)
+    splits/{train,val,test}.csv          the same columns, one file per split (the holdout split)
+    splits/fold<i>/{train,val,test}.csv  with data.folds = k: fold i (test = fold i, val = fold i+1)
+    dataset.json          class names, counts, split sizes, skipped / excluded / deduplicated rows, config
+    audit.json, audit.md  duplicates, leakage, label conflicts, per-class statistics (:mod:`.audit`)
     cache/<key>/images.npy    every image decoded once: uint8 [N, C, S, S], rows as in metadata.csv
     cache/<key>/masks.npy     ground-truth masks (bool [N, 1, S, S]) where the source has them
 
-``path`` is relative to ``data.root``. The cache key hashes the manifest's content and
-the decode settings, so a changed dataset gets a fresh cache and an unchanged one is
-reused. Every file is written atomically.
+``path`` is relative to ``data.root``. The split is the dataset's own where the source gives
+one (a ``split`` column), else a seeded stratified holdout (grouped by subject if asked). The
+cache key hashes the manifest's content and the decode settings, so a changed dataset gets a
+fresh cache and an unchanged one is reused. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -19,127 +22,146 @@ import hashlib
 import json
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import pandas as pd
 
 from xai_lab.atomic import atomic_write_json, atomic_write_with
 from xai_lab.config import DataConfig
-from xai_lab.data.sources import MASK_SUFFIX, get_source
-from xai_lab.data.splits import SPLITS, split_indices
+from xai_lab.data.decode import BadImage, decode_image  # noqa: F401 - re-exported for callers of prepare
+from xai_lab.data.dedup import dedup_rows
+from xai_lab.data.sources import get_source
+from xai_lab.data.splits import SPLITS, fold_indices, given_split_indices, kfold_assignments, split_indices
 from xai_lab.errors import UserError
 
 METADATA_COLUMNS = ["path", "label", "label_idx", "subject", "width", "height", "sha1"]
+# Keys that do not change what prepare writes (the fold is chosen at load time; the audit re-runs).
+_NOT_HASHED = ("fold", "audit")
 
 
 def processed_dir(data: DataConfig) -> Path:
+    """``<data.processed_root>/<data.name>``: where ``prepare`` writes."""
     return Path(data.processed_root) / data.name
 
 
 def config_sha1(data: DataConfig) -> str:
     """Hash of the data settings that decide what ``prepare`` writes."""
-    return hashlib.sha1(json.dumps(asdict(data), sort_keys=True).encode()).hexdigest()
+    values = {k: v for k, v in asdict(data).items() if k not in _NOT_HASHED}
+    return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
-class BadImage(Exception):
-    pass
+def split_dir(out: Path, fold: int) -> Path:
+    """Where the split CSVs of ``fold`` are (-1: the holdout split)."""
+    return out / "splits" if fold < 0 else out / "splits" / f"fold{fold}"
 
 
-def decode_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, int, int]:
-    """Decode an image file to uint8 ``[channels, size, size]``.
-
-    Non-square images are resized on the short side and centre-cropped (as torchvision's
-    Resize + CenterCrop). Returns the array and the original width and height.
-    """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            width, height = im.size
-            im = im.convert("L" if channels == 1 else "RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise BadImage(str(e) or type(e).__name__) from None
-    if (width, height) != (size, size):
-        scale = size / min(width, height)
-        w, h = max(size, round(width * scale)), max(size, round(height * scale))
-        im = im.resize((w, h), Image.Resampling.BILINEAR)
-        left, top = (w - size) // 2, (h - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-    arr = np.asarray(im, dtype=np.uint8)
-    arr = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-    return np.ascontiguousarray(arr), width, height
+def _shown(messages: list[str], n: int = 3) -> str:
+    return "; ".join(messages[:n]) + (f" (and {len(messages) - n} more)" if len(messages) > n else "")
 
 
-def _decode_row(root: Path, rel: str, size: int, channels: int):
-    path = root / rel
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        return rel, None, f"cannot read: {e.strerror}"
-    try:
-        arr, w, h = decode_image(path, size, channels)
-    except BadImage as e:
-        return rel, None, f"not a readable image ({e})"
-    mask_path = path.with_name(path.name[: -len(path.suffix)] + MASK_SUFFIX)
-    mask = None
-    if mask_path.is_file():
-        try:
-            mask = decode_image(mask_path, size, 1)[0] > 127
-        except BadImage as e:
-            return rel, None, f"unreadable mask {mask_path.name} ({e})"
-    return rel, (arr, mask, w, h, hashlib.sha1(raw).hexdigest()), None
+def prepare(data: DataConfig, progress: bool = False, audit: bool = True) -> Path:
+    """Scan, check, decode, split and deduplicate the dataset of ``data``; return the processed folder.
 
-
-def prepare(data: DataConfig, progress: bool = False) -> Path:
-    """Scan, check, decode and split the dataset of ``data``; return the processed folder.
+    Args:
+        data: the data section of the config.
+        progress: show a decode progress bar.
+        audit: run :func:`xai_lab.data.audit.audit_dataset` at the end (audit.json, audit.md).
 
     Raises:
-        UserError: missing folders, empty classes, unreadable images (listed; with
-            ``data.on_bad_image: skip`` they are left out and recorded in dataset.json).
+        UserError: missing folders, empty classes, malformed CSV rows, unreadable images (one line
+            naming them; with ``data.on_bad_row`` / ``data.on_bad_image: skip`` they are left out
+            and recorded in dataset.json).
     """
     source = get_source(data.source)
     source.materialize(data)
     class_names = source.class_names(data)
     table = source.list_images(data)
-    if data.limit_per_class:
-        table = table.groupby("label", sort=False, group_keys=False).head(data.limit_per_class)
-        table = table.reset_index(drop=True)
-
     root = Path(data.root)
-    decoded, bad = _decode_all(root, table["path"].tolist(), data.image_size, data.channels, progress)
+    for col in ("_error", "_excluded"):
+        if col not in table.columns:
+            table[col] = ""
+
+    excluded = table.loc[table["_excluded"] != "", "_excluded"].value_counts().to_dict()
+    table = table[table["_excluded"] == ""]
+    bad_rows = list(table.loc[table["_error"] != "", ["path", "_error"]].itertuples(index=False, name=None))
+    if bad_rows and data.on_bad_row == "error":
+        messages = [why for _, why in bad_rows]
+        raise UserError(
+            f"{len(bad_rows)} malformed row(s) in {root}: {_shown(messages)}; fix them, or set "
+            "data.on_bad_row=skip to leave them out"
+        )
+    table = table[table["_error"] == ""]
+    unknown = sorted(set(table["label"]) - set(class_names))
+    if unknown:
+        raise UserError(f"label {unknown[0]!r} of {root} is not one of the classes {', '.join(class_names)}")
+    if data.limit_per_class:
+        keys = ["split", "label"] if "split" in table.columns else ["label"]
+        table = table.groupby(keys, sort=False, group_keys=False).head(data.limit_per_class)
+    table = table.reset_index(drop=True)
+
+    decoded, bad = source.decode(data, table, progress)
     if bad and data.on_bad_image == "error":
         shown = "; ".join(f"{root / p}: {why}" for p, why in bad[:3])
         more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
         raise UserError(
-            f"{len(bad)} unreadable image(s): {shown}{more}; fix or remove them, or set data.on_bad_image=skip"
+            f"{len(bad)} unreadable image(s): {shown}{more}; fix or remove them, "
+            "or set data.on_bad_image=skip"
         )
-    keep = [p in decoded for p in table["path"]]
-    table = table[keep].reset_index(drop=True)
+    table = table[[p in decoded for p in table["path"]]].reset_index(drop=True)
     if table.empty:
         raise UserError(f"no readable images in {root}")
 
     index = {name: i for i, name in enumerate(class_names)}
     table.insert(2, "label_idx", table["label"].map(index).astype(int))
     rows = [decoded[p] for p in table["path"]]
-    table.insert(4, "width", [r[2] for r in rows])
-    table.insert(5, "height", [r[3] for r in rows])
-    table.insert(6, "sha1", [r[4] for r in rows])
-    images = np.stack([r[0] for r in rows])
-    masks = np.stack([r[1] for r in rows])[:, None] if all(r[1] is not None for r in rows) else None
+    table.insert(4, "width", [r.width for r in rows])
+    table.insert(5, "height", [r.height for r in rows])
+    table.insert(6, "sha1", [r.sha1 for r in rows])
+    table["mode"] = [r.mode for r in rows]
+    images = np.stack([r.image for r in rows])
+    masks = np.stack([r.mask for r in rows])[:, None] if all(r.mask is not None for r in rows) else None
 
-    groups = table["subject"].to_numpy() if data.group_by_subject else None
-    s = data.split
-    split_idx = split_indices(table["label_idx"].to_numpy(), (s.train, s.val, s.test), data.split_seed, groups)
+    labels = table["label_idx"].to_numpy()
+    groups = table["subject"].astype(str).to_numpy() if data.group_by_subject else None
+    fractions = (data.split.train, data.split.val, data.split.test)
+    given = "split" in table.columns
+    if given:
+        if data.folds:
+            raise UserError(
+                f"data.folds={data.folds}: the {data.source} data in {root} comes with its own split, "
+                "so k-fold does not apply; set data.folds=0"
+            )
+        split_idx = given_split_indices(labels, table["split"].to_numpy(), fractions, data.split_seed, groups)
+    else:
+        split_idx = split_indices(labels, fractions, data.split_seed, groups)
+    split_col = np.empty(len(table), dtype=object)
+    for name, idx in split_idx.items():
+        split_col[idx] = name
+    table["split"] = split_col
+    if data.folds:
+        table["fold"] = kfold_assignments(labels, data.folds, data.split_seed, groups)
 
+    drop, dropped = dedup_rows(table, data.dedup)
+    if drop.any():
+        keep = ~drop
+        table, images = table[keep].reset_index(drop=True), images[keep]
+        masks = None if masks is None else masks[keep]
+
+    private = [c for c in table.columns if c.startswith("_")]
+    table = table.drop(columns=private)
     out = processed_dir(data)
     metadata_csv = table.to_csv(index=False)
     key = _cache_key(metadata_csv, data)
     _write_cache(out / "cache", key, images, masks)
-    for split in SPLITS:
-        part = table.iloc[split_idx[split]]
-        atomic_write_with(out / "splits" / f"{split}.csv", lambda p, part=part: part.to_csv(p, index=False))
+    split_sizes = _write_splits(out, table, -1)
+    fold_sizes = {}
+    if data.folds:
+        fold_sizes = {f"fold{i}": _write_splits(out, table, i) for i in range(data.folds)}
+    for stale in (out / "splits").glob("fold*"):
+        if stale.name not in fold_sizes:
+            shutil.rmtree(stale, ignore_errors=True)
     atomic_write_with(out / "metadata.csv", lambda p: p.write_text(metadata_csv))
     counts = table["label"].value_counts()
     atomic_write_json(
@@ -151,30 +173,35 @@ def prepare(data: DataConfig, progress: bool = False) -> Path:
             "class_names": class_names,
             "n_images": len(table),
             "class_counts": {c: int(counts.get(c, 0)) for c in class_names},
-            "split_sizes": {k: len(v) for k, v in split_idx.items()},
+            "split_given_by_dataset": given,
+            "split_sizes": split_sizes,
+            "folds": fold_sizes,
             "has_masks": masks is not None,
-            "skipped": [{"path": p, "reason": why} for p, why in bad],
+            "skipped": [{"path": p, "reason": why} for p, why in bad_rows + bad],
+            "excluded": {str(k): int(v) for k, v in excluded.items()},
+            "dedup": {"mode": data.dedup, "dropped": dropped},
             "cache_key": key,
             "config_sha1": config_sha1(data),
             "data_config": asdict(data),
         },
     )
+    if audit:
+        from xai_lab.data.audit import audit_dataset
+
+        audit_dataset(data, out)
     return out
 
 
-def _decode_all(root: Path, paths: list[str], size: int, channels: int, progress: bool):
-    from tqdm.auto import tqdm
-
-    decoded, bad = {}, []
-    workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:
-        results = pool.map(lambda p: _decode_row(root, p, size, channels), paths, chunksize=64)
-        for rel, row, err in tqdm(results, total=len(paths), desc="decode", disable=not progress, leave=False):
-            if err is None:
-                decoded[rel] = row
-            else:
-                bad.append((rel, err))
-    return decoded, bad
+def _write_splits(out: Path, table: pd.DataFrame, fold: int) -> dict[str, int]:
+    if fold < 0:
+        parts = {name: np.flatnonzero(table["split"].to_numpy() == name) for name in SPLITS}
+    else:
+        parts = fold_indices(table["fold"].to_numpy(), fold)
+    folder = split_dir(out, fold)
+    for name, idx in parts.items():
+        part = table.iloc[idx]
+        atomic_write_with(folder / f"{name}.csv", lambda p, part=part: part.to_csv(p, index=False))
+    return {name: len(idx) for name, idx in parts.items()}
 
 
 def _cache_key(metadata_csv: str, data: DataConfig) -> str:

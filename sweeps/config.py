@@ -1,0 +1,430 @@
+"""Sweep YAML files into strict, typed dataclasses (the same checks as experiment configs).
+
+A sweep names one base experiment per dataset, a search space over dotted experiment keys,
+the search and the scheduler, the resources of each trial and of the fan-out, and where
+results go. The full reference is in docs/sweeps.md; in short::
+
+    name: quickstart
+    experiments:
+      - config: configs/experiments/exp000_resnet18_saliency_synthfaces.yaml
+        overrides: [data.synthfaces.n_per_class=60]
+    space:
+      model.depth: {type: categorical, choices: [18, 34]}
+      train.lr: {type: float, low: 3.0e-4, high: 3.0e-3, log: true}
+      train.sampler: {type: categorical, choices: [none, class_balanced]}
+      train.class_weighted_loss: {type: categorical, choices: [false, true], when: {train.sampler: none}}
+    search: {num_samples: 8, max_concurrent: 2, seed: 0}
+    scheduler: {type: asha, max_epochs: 4, grace_period: 1, reduction_factor: 2}
+    resources: {cpu: 1, gpu: auto}
+    fanout: {top_k: 2, cpu: 1, gpu: 0}
+
+Every space key must be an experiment key, and every value it can take (bounds, choices)
+must pass the experiment's own checks: a sweep never starts a trial with a bad config.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from xai_lab.config import (
+    SECTIONS,
+    ExperimentConfig,
+    apply_overrides,
+    build_dataclass,
+    from_dict,
+    load_experiment,
+    read_yaml,
+    resolve,
+    to_dict,
+)
+from xai_lab.errors import UserError
+
+Scalar = Union[bool, int, float, str]  # noqa: UP007 - read by get_type_hints on 3.10
+
+
+@dataclass
+class ExperimentRef:
+    """One base experiment (one dataset) of the sweep, with overrides of its own."""
+
+    config: str = ""
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ParamSpec:
+    """One dimension of the search space.
+
+    ``type`` float/int take ``low``, ``high``, ``log`` (and ``step`` for int); categorical
+    takes ``choices``. ``when`` makes the parameter exist only when earlier parameters
+    have the given values (a value or a list of values each).
+    """
+
+    type: Literal["float", "int", "categorical"] = "float"
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    step: int = field(default=1, metadata={"min": 1})
+    choices: list[Scalar] = field(default_factory=list)
+    when: dict[str, Any] = field(default_factory=dict)  # {earlier categorical key: value or [values]}
+
+
+@dataclass
+class SearchConfig:
+    """Optuna TPE (multivariate, seeded); the base config is the first trial."""
+
+    num_samples: int = field(default=16, metadata={"min": 1})
+    max_concurrent: int = field(default=2, metadata={"min": 1})
+    seed: int = 0
+    multivariate: bool = True
+    n_startup_trials: int = field(default=5, metadata={"min": 0})
+    evaluate_base_first: bool = True
+    metric: str = "val_macro_f1"
+    mode: Literal["max", "min"] = "max"
+
+
+@dataclass
+class SchedulerConfig:
+    """ASHA (stops weak trials at rungs) or FIFO (every trial runs ``max_epochs``)."""
+
+    type: Literal["asha", "fifo"] = "asha"
+    max_epochs: int = field(default=10, metadata={"min": 1})  # sets train.epochs of every trial
+    grace_period: int = field(default=1, metadata={"min": 1})
+    reduction_factor: float = field(default=2.0, metadata={"min": 1.01})
+
+
+@dataclass
+class ResourcesConfig:
+    """Per trial: CPUs and GPUs (fractions pack trials on a GPU); ``auto`` uses what Ray sees.
+
+    GPU ``auto`` packs each trial by its own depth and input size (see
+    :func:`sweeps.driver.packing_fraction` and docs/sweeps.md).
+    """
+
+    cpu: float | Literal["auto"] = 1.0
+    gpu: float | Literal["auto"] = "auto"
+
+
+@dataclass
+class FanoutConfig:
+    """Evaluate, plots and explain on the top-k trials of each dataset, as Ray tasks."""
+
+    top_k: int = field(default=3, metadata={"min": 0})
+    cpu: float = field(default=1.0, metadata={"min": 0.0})
+    gpu: float | Literal["auto"] = "auto"  # auto: 0.25 of a GPU when Ray sees GPUs (tasks share one), else 0
+    methods: list[str] = field(default_factory=list)  # explainers; empty: every registered one
+    split: Literal["train", "val", "test"] = "test"
+    num_each: int = field(default=8, metadata={"min": 1})
+    maps_per_class: int = field(default=32, metadata={"min": 1})  # images averaged per class mean map
+    eval_max_images: int = field(default=0, metadata={"min": 0})  # 0: the whole split
+
+
+@dataclass
+class SweepConfig:
+    """A whole sweep, checked."""
+
+    name: str = ""
+    experiments: list[ExperimentRef] = field(default_factory=list)
+    space: dict[str, ParamSpec] = field(default_factory=dict)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    fanout: FanoutConfig = field(default_factory=FanoutConfig)
+    max_failures: int = field(
+        default=1, metadata={"min": 0}
+    )  # retries of a raising trial, from its checkpoint
+    # Epochs between a trial's checkpoints besides the ones always taken: at ASHA's rungs (where a
+    # trial may be stopped) and at its last epoch (the fan-out's best.pt). 0: only those.
+    checkpoint_every: int = field(default=0, metadata={"min": 0})
+    storage: str = "ray_results"  # a folder (local or NFS) or a URI (s3://bucket/prefix)
+
+
+SMOKE_SWEEP = [
+    "search.num_samples=2",
+    "search.max_concurrent=2",
+    "scheduler.max_epochs=1",
+    "scheduler.grace_period=1",
+    "fanout.top_k=1",
+    "fanout.num_each=2",
+    "fanout.maps_per_class=4",
+    "fanout.eval_max_images=64",
+]
+
+
+def load_sweep(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), smoke: bool = False
+) -> SweepConfig:
+    """Read and check a sweep YAML.
+
+    Args:
+        path: the sweep YAML.
+        overrides: dotted ``key=value`` strings on the sweep (``search.num_samples=4``).
+        smoke: make it tiny (two trials of one epoch on a dozen images per class).
+
+    Returns:
+        The checked :class:`SweepConfig`; experiment paths are resolved, the name defaults to the file stem.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise UserError(
+            f"{path} must be a mapping with keys: "
+            f"{', '.join(f.name for f in dataclasses.fields(SweepConfig))}"
+        )
+    raw = copy.deepcopy(raw)
+    raw["experiments"] = [{"config": e} if isinstance(e, str) else e for e in raw.get("experiments") or []]
+    space = raw.pop("space", None) or {}
+    if not isinstance(space, dict):
+        raise UserError(f"{path}: 'space' must be a mapping of experiment keys to parameter specs")
+    if smoke:
+        apply_overrides(raw, SMOKE_SWEEP)
+    apply_overrides(raw, list(overrides))
+    cfg: SweepConfig = build_dataclass(SweepConfig, raw, "")
+    cfg.space = {str(key): _param_spec(str(key), spec) for key, spec in space.items()}
+    cfg.name = cfg.name or path.stem
+    if not cfg.experiments:
+        raise UserError(
+            f"{path}: 'experiments' must name at least one base experiment (configs/experiments/*.yaml)"
+        )
+    for ref in cfg.experiments:
+        ref.config = str(_find_file(ref.config, path))
+        if smoke:  # the single-run smoke settings, except keys the space samples
+            from xai_lab.cli import smoke_overrides
+
+            extra = [o for o in smoke_overrides(ref.config) if o.split("=", 1)[0] not in cfg.space]
+            ref.overrides = [*ref.overrides, *extra]
+    _check_name(cfg.name)
+    _check_resources(cfg)
+    bases = base_experiments(cfg)
+    check_space(cfg.space, bases)
+    if cfg.search.evaluate_base_first:
+        for base in bases.values():
+            base_point(cfg.space, base)
+    return cfg
+
+
+def _param_spec(key: str, raw: Any) -> ParamSpec:
+    """One space entry; ``when`` is a free mapping, checked later against the parameters above it."""
+    if not isinstance(raw, dict):
+        raise UserError(f"sweep key 'space.{key}' must be a mapping (type, low/high/log or choices, when)")
+    raw = dict(raw)
+    when = raw.pop("when", None) or {}
+    if not isinstance(when, dict):
+        raise UserError(f"sweep key 'space.{key}.when' must map earlier parameters to values")
+    kind = raw.get("type", "float")
+    if kind in ("float", "int") and ("low" not in raw or "high" not in raw):
+        raise UserError(f"sweep key 'space.{key}': a {kind} parameter needs low and high")
+    spec: ParamSpec = build_dataclass(ParamSpec, raw, f"space.{key}")
+    spec.when = {str(k): v for k, v in when.items()}
+    return spec
+
+
+def _find_file(ref: str, sweep: Path) -> Path:
+    if not ref:
+        raise UserError(f"{sweep}: every entry of 'experiments' needs 'config: <experiment YAML>'")
+    for c in [Path(ref)] + [parent / ref for parent in sweep.resolve().parents]:
+        if c.is_file():
+            return c
+    raise UserError(f"experiment file not found: {ref} (named in {sweep} 'experiments')")
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or name.startswith("."):
+        raise UserError(f"sweep key 'name' must be a plain folder name, got {name!r}")
+
+
+def _check_resources(cfg: SweepConfig) -> None:
+    for key in ("cpu", "gpu"):
+        value = getattr(cfg.resources, key)
+        if value != "auto" and value < 0:
+            raise UserError(f"sweep key 'resources.{key}' must be >= 0 or auto, got {value!r}")
+        if key == "gpu" and value != "auto" and value > 1 and value != int(value):
+            raise UserError(f"sweep key 'resources.gpu' above 1 must be a whole number, got {value!r}")
+    gpu = cfg.fanout.gpu
+    if gpu != "auto" and (gpu < 0 or (gpu > 1 and gpu != int(gpu))):
+        raise UserError(f"sweep key 'fanout.gpu' must be auto, a fraction in [0, 1] or a whole number, got {gpu!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Base experiments and trial configs.
+# ---------------------------------------------------------------------------------------------
+
+
+def base_experiments(cfg: SweepConfig) -> dict[str, ExperimentConfig]:
+    """The resolved base experiment of each dataset, keyed by dataset name (``data.name``).
+
+    ``train.epochs`` is set to ``scheduler.max_epochs`` so that every trial runs to the same horizon.
+    """
+    bases: dict[str, ExperimentConfig] = {}
+    for ref in cfg.experiments:
+        exp = load_experiment(ref.config, [*ref.overrides, f"train.epochs={cfg.scheduler.max_epochs}"])
+        exp.run.progress = False
+        if exp.data.name in bases:
+            raise UserError(
+                f"two experiments of sweep '{cfg.name}' use dataset '{exp.data.name}'; "
+                "a sweep compares datasets: give each experiment its own"
+            )
+        bases[exp.data.name] = exp
+    return bases
+
+
+def asha_rung_epochs(scheduler: SchedulerConfig) -> list[int]:
+    """The epochs at which ASHA may stop a trial (its rungs, as Ray's ASHAScheduler places them,
+    rounded up to whole epochs) and ``max_epochs``; FIFO: ``[max_epochs]``."""
+    top = scheduler.max_epochs
+    if scheduler.type != "asha":
+        return [top]
+    grace, rf = min(scheduler.grace_period, top), scheduler.reduction_factor
+    n = int(math.log(top / grace) / math.log(rf) + 1)
+    return sorted({math.ceil(grace * rf**k) for k in range(n)} | {top})
+
+
+def trial_config(base: dict, params: dict[str, Any]) -> ExperimentConfig:
+    """The experiment of one trial: the base (as a dict) with the sampled dotted ``params`` set."""
+    values = copy.deepcopy(base)
+    for key, value in params.items():
+        node = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return resolve(from_dict(values))
+
+
+def lookup(values: dict, key: str) -> Any:
+    """The value at dotted ``key`` in a nested dict."""
+    node: Any = values
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+# ---------------------------------------------------------------------------------------------
+# The space.
+# ---------------------------------------------------------------------------------------------
+
+
+def check_space(space: dict[str, ParamSpec], bases: dict[str, ExperimentConfig]) -> None:
+    """Check every parameter: its key exists, its values pass the experiment checks, its conditions
+    refer to earlier categorical parameters and their choices."""
+    seen: dict[str, ParamSpec] = {}
+    for key, spec in space.items():
+        where = f"sweep key 'space.{key}'"
+        section = key.split(".")[0]
+        if section not in SECTIONS or "." not in key:
+            raise UserError(
+                f"{where}: '{key}' is not an experiment key (section.key, sections: {', '.join(SECTIONS)})"
+            )
+        if spec.type == "categorical":
+            if not spec.choices:
+                raise UserError(f"{where}: a categorical parameter needs 'choices'")
+            values = list(spec.choices)
+        else:
+            if not spec.low < spec.high:
+                raise UserError(
+                    f"{where}: a {spec.type} parameter needs low < high, got low={spec.low}, high={spec.high}"
+                )
+            if spec.log and spec.low <= 0:
+                raise UserError(f"{where}: a log-scale parameter needs low > 0, got {spec.low}")
+            if spec.type == "int" and not (float(spec.low).is_integer() and float(spec.high).is_integer()):
+                raise UserError(f"{where}: an int parameter needs whole low and high")
+            if spec.type == "int":
+                spec.low, spec.high = int(spec.low), int(spec.high)
+            else:
+                spec.low, spec.high = float(spec.low), float(spec.high)
+            values = [spec.low, spec.high]
+        for name, base in bases.items():
+            base_dict = to_dict(base)
+            try:
+                lookup(base_dict, key)
+            except (KeyError, TypeError):
+                raise UserError(f"{where}: '{key}' is not an experiment key") from None
+            for value in values:
+                try:
+                    trial_config(base_dict, {key: value})
+                except UserError as e:
+                    raise UserError(f"{where}: the value {value!r} fails for {name}: {e}") from None
+        for cond_key, cond_values in spec.when.items():
+            if cond_key not in seen:
+                raise UserError(
+                    f"{where}: 'when' names '{cond_key}', which must be a parameter listed above it"
+                )
+            parent = seen[cond_key]
+            if parent.type != "categorical":
+                raise UserError(
+                    f"{where}: 'when' can only test categorical parameters; '{cond_key}' is {parent.type}"
+                )
+            for v in _as_list(cond_values):
+                if v not in parent.choices:
+                    raise UserError(
+                        f"{where}: 'when: {{{cond_key}: {v!r}}}' is not one of its choices {parent.choices}"
+                    )
+        seen[key] = spec
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def is_active(spec: ParamSpec, chosen: dict[str, Any]) -> bool:
+    """Whether a conditional parameter exists given the values chosen so far."""
+    return all(k in chosen and chosen[k] in _as_list(v) for k, v in spec.when.items())
+
+
+def base_point(space: dict[str, ParamSpec], base: ExperimentConfig) -> dict[str, Any]:
+    """The base experiment as a point of the space (its active parameters only).
+
+    Raises:
+        UserError: a base value outside the space (the base config is evaluated first).
+    """
+    values = to_dict(base)
+    point: dict[str, Any] = {}
+    for key, spec in space.items():
+        if not is_active(spec, point):
+            continue
+        value = lookup(values, key)
+        inside = (value in spec.choices) if spec.type == "categorical" else (spec.low <= value <= spec.high)
+        if not inside:
+            rng = spec.choices if spec.type == "categorical" else f"[{spec.low}, {spec.high}]"
+            raise UserError(
+                f"the base value {key}={value!r} of {base.run.name} lies outside sweep key "
+                f"'space.{key}' {rng}; widen the space or set search.evaluate_base_first=false"
+            )
+        point[key] = value
+    return point
+
+
+class DefineByRun:
+    """The space as an Optuna define-by-run function (picklable, so the searcher state can be saved).
+
+    Parameters are suggested in YAML order; a parameter whose ``when`` does not hold is not
+    suggested at all, so TPE sees a conditional space.
+    """
+
+    def __init__(self, space: dict[str, ParamSpec]):
+        self.space = {k: dataclasses.asdict(v) for k, v in space.items()}
+
+    def __call__(self, trial) -> None:
+        chosen: dict[str, Any] = {}
+        for key, raw in self.space.items():
+            spec = ParamSpec(**raw)
+            if not is_active(spec, chosen):
+                continue
+            if spec.type == "categorical":
+                chosen[key] = trial.suggest_categorical(key, list(spec.choices))
+            elif spec.type == "int":
+                chosen[key] = trial.suggest_int(
+                    key, int(spec.low), int(spec.high), step=spec.step, log=spec.log
+                )
+            else:
+                chosen[key] = trial.suggest_float(key, float(spec.low), float(spec.high), log=spec.log)
+        return None
+
+
+def sweep_to_dict(cfg: SweepConfig) -> dict:
+    """The sweep as plain dicts (saved as ``sweep.yaml`` beside the results)."""
+    return dataclasses.asdict(cfg)

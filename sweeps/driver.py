@@ -1,0 +1,340 @@
+"""The sweep driver: one Ray Tune experiment per dataset, searched by Optuna, then the fan-out.
+
+Layout of ``<storage>/<sweep>/``::
+
+    sweep.yaml                the resolved sweep (checked again on --resume)
+    <dataset>/                Ray Tune's experiment folder: one folder per trial with its
+                              TensorBoard events (scalars + HParams), result.json and checkpoint
+    leaderboard.csv           every trial of every dataset
+    reports/<dataset>/<trial> evaluate + plots + explain of the top-k trials (single-run layout)
+    comparison.csv/.png       the best trial of each dataset side by side
+    index.html                the report (xai-lab report)
+
+Trials report through :func:`sweeps.trainable.train_trial`; nothing here trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import yaml
+from ray import tune
+
+from sweeps.config import DefineByRun, SweepConfig, base_experiments, base_point, sweep_to_dict
+from sweeps.leaderboard import build_leaderboard, write_leaderboard
+from sweeps.trainable import train_trial
+from xai_lab.atomic import atomic_write_text
+from xai_lab.config import read_yaml, to_dict
+from xai_lab.data.dataset import load_dataset
+from xai_lab.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepPaths:
+    """Where a sweep's files go: Tune's storage (a folder or a URI) and the local results folder."""
+
+    storage: str  # Tune's storage_path; the experiments are <storage>/<dataset>
+    results: Path  # leaderboard, reports, comparison, index.html
+
+    def experiment(self, dataset: str) -> str:
+        return f"{self.storage.rstrip('/')}/{dataset}"
+
+
+def sweep_paths(cfg: SweepConfig) -> SweepPaths:
+    """Local storage: everything under ``<storage>/<name>``. A URI (``s3://``): Tune writes there,
+    the driver keeps the leaderboard and reports in ``ray_results/<name>``."""
+    if "://" in cfg.storage:
+        return SweepPaths(
+            storage=f"{cfg.storage.rstrip('/')}/{cfg.name}", results=Path("ray_results") / cfg.name
+        )
+    root = Path(cfg.storage).expanduser().resolve() / cfg.name
+    return SweepPaths(storage=str(root), results=root)
+
+
+def check_results_folder(cfg: SweepConfig, paths: SweepPaths, resume: bool) -> None:
+    """A new sweep never writes into an earlier one; ``--resume`` needs the same sweep."""
+    saved = paths.results / "sweep.yaml"
+    if not resume:
+        if saved.exists() or (paths.results.exists() and any(paths.results.iterdir())):
+            raise UserError(
+                f"{paths.results} already holds a sweep; pass --resume to carry on with it, "
+                f"or give this one another name (name=NEW)"
+            )
+        return
+    if not saved.is_file():
+        raise UserError(
+            f"nothing to resume: {saved} does not exist (run without --resume to start the sweep)"
+        )
+    before, now = read_yaml(saved), sweep_to_dict(cfg)
+    for key in ("experiments", "space", "search", "scheduler", "max_failures", "storage"):
+        if before.get(key) != now.get(key):
+            raise UserError(
+                f"--resume: sweep key '{key}' differs from the saved {saved}; a resumed sweep must "
+                "search the same space (only fanout and resources may change)"
+            )
+
+
+def start_ray(address: str | None, dashboard: bool, quiet: bool = False) -> str | None:
+    """Connect to ``address`` (``auto``, ``host:port``; or ``RAY_ADDRESS``) or start a local Ray.
+
+    A local Ray binds to 127.0.0.1; ``dashboard`` starts its dashboard there too.
+
+    Returns:
+        The dashboard URL when one was started, else None.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # num_to_keep=1 snapshots the experiment at every checkpoint: by design here, so no warning about it.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if ray.is_initialized():
+        return None
+    common = {"logging_level": logging.WARNING, "log_to_driver": not quiet}
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        try:
+            ray.init(address=address, **common)
+        except (ConnectionError, ValueError) as e:
+            raise UserError(
+                f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}"
+            ) from None
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        total = ray.cluster_resources()
+        print(
+            f"connected to the Ray cluster at {address}: {len(alive)} nodes, {total.get('CPU', 0):g} CPUs, "
+            f"{total.get('GPU', 0):g} GPUs",
+            flush=True,
+        )
+        return None
+    ctx = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", **common)
+    if dashboard and ctx.dashboard_url:
+        url = ctx.dashboard_url
+        return url if url.startswith("http") else f"http://{url}"
+    return None
+
+
+# Packing rule for resources.gpu: auto, from the one-H200 figures in ../shared/DESIGN.md (bf16,
+# channels_last): ResNet18 at 48 px trains at ~18,000 img/s alone at batch 128 and four such trials
+# packed on one GPU reach ~55,000 together (3x): one small trial leaves most of the GPU idle. A trial's
+# work per image grows with depth (ResNet18 : 34 : 50 ~ 1 : 2 : 2.3 in FLOPs) and with the pixels
+# (input_size / 48) ** 2, and a trial big enough to fill the GPU on its own (ResNet34/50 at 112 px,
+# 19,500 / 13,000 img/s alone) gains nothing from sharing it. Only the ResNet18-at-48 point is
+# measured; the others follow from the work per image. Re-measure with benchmarks/packing.py on the GPU
+# you sweep on and move the thresholds if its figures say so.
+DEPTH_WORK = {18: 1.0, 34: 2.0, 50: 2.3}
+PACK_FRACTIONS = ((2.0, 0.25), (6.0, 0.5))  # (largest work per image relative to ResNet18@48, fraction)
+
+
+def packing_fraction(depth: int, input_size: int) -> float:
+    """The GPU fraction of one trial under ``resources.gpu: auto``: 0.25 (four per GPU) for ResNet18 up
+    to ~64 px and ResNet34 at 48 px; 0.5 (two per GPU) for mid-sized work (ResNet18 at 96-112 px,
+    ResNet50 at 48 px); a whole GPU for ResNet34/50 at 96-112 px and larger."""
+    work = DEPTH_WORK.get(depth, 2.3) * (input_size / 48) ** 2
+    for limit, fraction in PACK_FRACTIONS:
+        if work <= limit:
+            return fraction
+    return 1.0
+
+
+def trial_resources(cfg: SweepConfig, model=None) -> dict[str, float]:
+    """CPUs and GPUs of one trial (``model``: its ModelConfig, for ``gpu: auto``).
+
+    GPU ``auto``: 0 without GPUs; else :func:`packing_fraction` of the trial's depth and input
+    size, but never a smaller share than ``max_concurrent`` trials need to spread over the GPUs
+    (with 8 GPUs and 4 trials in flight, each gets a whole GPU). CPU ``auto``: the CPUs shared
+    equally by ``max_concurrent`` trials.
+    """
+    total = ray.cluster_resources()
+    n_gpu, n_cpu = total.get("GPU", 0.0), total.get("CPU", 1.0)
+    conc = cfg.search.max_concurrent
+    gpu = cfg.resources.gpu
+    if gpu == "auto":
+        if n_gpu < 1:
+            gpu = 0.0
+        else:
+            share = 1.0 if conc <= n_gpu else 1.0 / math.ceil(conc / n_gpu)
+            gpu = max(share, packing_fraction(model.depth, model.input_size)) if model is not None else share
+    cpu = cfg.resources.cpu
+    if cpu == "auto":
+        cpu = max(1.0, math.floor(n_cpu / conc))
+    return {"cpu": float(cpu), "gpu": float(gpu)}
+
+
+def fanout_gpu(cfg: SweepConfig) -> float:
+    """``fanout.gpu``; ``auto`` is 0.25 of a GPU when Ray sees any (report tasks share a GPU), else 0."""
+    if cfg.fanout.gpu != "auto":
+        return float(cfg.fanout.gpu)
+    return 0.25 if ray.cluster_resources().get("GPU", 0.0) >= 1 else 0.0
+
+
+def _search_alg(cfg: SweepConfig, base):
+    if not cfg.space:
+        return None
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    sampler = optuna.samplers.TPESampler(
+        seed=cfg.search.seed,
+        multivariate=cfg.search.multivariate,
+        n_startup_trials=cfg.search.n_startup_trials,
+    )
+    points = [base_point(cfg.space, base)] if cfg.search.evaluate_base_first else None
+    return OptunaSearch(
+        space=DefineByRun(cfg.space),
+        metric=cfg.search.metric,
+        mode=cfg.search.mode,
+        points_to_evaluate=points,
+        sampler=sampler,
+    )
+
+
+def _scheduler(cfg: SweepConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = cfg.scheduler
+    if s.type == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=cfg.search.metric,
+        mode=cfg.search.mode,
+        max_t=s.max_epochs,
+        grace_period=min(s.grace_period, s.max_epochs),
+        reduction_factor=s.reduction_factor,
+    )
+
+
+def run_tuner(
+    cfg: SweepConfig,
+    paths: SweepPaths,
+    dataset_name: str,
+    base,
+    dataset,
+    *,
+    resume: bool,
+    trainable: Callable = train_trial,
+    verbose: int = 1,
+):
+    """Run (or resume) the Tune experiment of one dataset; returns its ResultGrid.
+
+    ``dataset`` is the prepared dataset or, better, its object-store reference (the driver puts
+    each dataset once and the trials and the fan-out share it).
+    """
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+    from sweeps.config import asha_rung_epochs, trial_config
+
+    base_dict = to_dict(base)
+
+    def resources(config: dict):
+        """Per trial, from its own depth and input size (gpu: auto)."""
+        res = trial_resources(cfg, trial_config(base_dict, config).model)
+        return resource_dict_to_pg_factory(res)
+
+    fn = tune.with_resources(
+        tune.with_parameters(
+            trainable,
+            base=base_dict,
+            dataset=dataset if isinstance(dataset, ray.ObjectRef) else ray.put(dataset),
+            checkpoint_epochs=tuple(asha_rung_epochs(cfg.scheduler)),
+            checkpoint_every=cfg.checkpoint_every,
+        ),
+        resources,
+    )
+    exp_path = paths.experiment(dataset_name)
+    if resume and tune.Tuner.can_restore(exp_path):
+        log.info("resuming %s from %s", dataset_name, exp_path)
+        tuner = tune.Tuner.restore(exp_path, trainable=fn, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            fn,
+            tune_config=tune.TuneConfig(
+                search_alg=_search_alg(cfg, base),
+                scheduler=_scheduler(cfg),
+                num_samples=cfg.search.num_samples,
+                max_concurrent_trials=cfg.search.max_concurrent,
+                # One actor (a process with torch imported) runs trial after trial: starting one per
+                # trial cost ~7 s each on a 2-core CPU (benchmarks/sweep_overhead.py).
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=dataset_name,
+                storage_path=paths.storage,
+                failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=verbose,
+            ),
+        )
+    return tuner.fit()
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep produced (paths) and whether it ran to the end."""
+
+    paths: SweepPaths
+    interrupted: bool
+    leaderboard: Path
+    index_html: Path | None = None
+
+
+def run_sweep(
+    cfg: SweepConfig,
+    *,
+    resume: bool = False,
+    top: int | None = None,
+    trainable: Callable = train_trial,
+    verbose: int = 1,
+    progress: bool = True,
+) -> SweepOutcome:
+    """Run the whole sweep on the connected Ray: tune each dataset, then leaderboard, fan-out,
+    comparison and report.
+
+    Args:
+        cfg: the checked sweep.
+        resume: carry on with the sweep in the results folder (finished trials are kept).
+        top: overrides ``fanout.top_k``.
+        trainable: the Tune function (tests wrap :func:`train_trial` to inject faults).
+        verbose: Tune's console verbosity (0-3).
+        progress: show the fan-out's progress bar.
+
+    Returns:
+        A :class:`SweepOutcome`; ``interrupted`` is True after Ctrl-C (the state is saved for --resume).
+    """
+    from sweeps.compare import write_comparison
+    from sweeps.fanout import run_fanout
+    from sweeps.report import build_report
+
+    paths = sweep_paths(cfg)
+    check_results_folder(cfg, paths, resume)
+    bases = base_experiments(cfg)
+    # Each dataset goes into the object store once: its trials and its report tasks share that copy.
+    datasets = {name: ray.put(load_dataset(base.data, progress=progress)) for name, base in bases.items()}
+    paths.results.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(paths.results / "sweep.yaml", yaml.safe_dump(sweep_to_dict(cfg), sort_keys=False))
+
+    frames, interrupted = [], False
+    for name, base in bases.items():
+        results = run_tuner(
+            cfg, paths, name, base, datasets[name], resume=resume, trainable=trainable, verbose=verbose
+        )
+        board, unfinished = build_leaderboard(results.experiment_path, name, cfg)
+        frames.append(board)
+        if unfinished:
+            interrupted = True
+            break
+    leaderboard = write_leaderboard(frames, paths.results / "leaderboard.csv")
+    outcome = SweepOutcome(paths=paths, interrupted=interrupted, leaderboard=leaderboard)
+    if interrupted:
+        return outcome
+    top_k = cfg.fanout.top_k if top is None else top
+    run_fanout(cfg, paths.results, bases, datasets, top_k, progress=progress)
+    write_comparison(paths.results)
+    outcome.index_html = build_report(paths.results, top=top_k)
+    return outcome

@@ -1,0 +1,116 @@
+"""``cv``: k-fold cross-validation, the way CK+ results are published (subject-independent folds).
+
+``prepare`` writes every fold of ``data.folds = k`` (grouped by subject when
+``data.group_by_subject``); for fold ``i`` the test set is fold ``i``, val is fold ``i+1`` and
+the model trains on the rest. :func:`cross_validate` runs :func:`xai_lab.train.fit` and
+:func:`xai_lab.evaluate.evaluate_run` once per fold (plain function calls, one after another)
+and reports the mean and standard deviation over the folds.
+
+Layout::
+
+    <output_root>/runs/<exp>/cv-<id>/fold<i>/       each fold's run (config.yaml, best.pt, ...)
+    <output_root>/reports/<exp>/cv-<id>/fold<i>/    each fold's test_summary.json
+    <output_root>/reports/<exp>/cv-<id>/cv_summary.json, cv_folds.csv
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from xai_lab.atomic import atomic_write_json, atomic_write_with
+from xai_lab.config import ExperimentConfig, save_config
+from xai_lab.errors import UserError
+from xai_lab.runs import new_run_id, report_dir_for
+
+log = logging.getLogger(__name__)
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
+
+
+def cross_validate(cfg: ExperimentConfig, folds: list[int] | None = None) -> dict[str, Any]:
+    """Train and test one model per fold of ``cfg.data.folds``; return and write the summary.
+
+    Args:
+        cfg: the resolved experiment config (``data.folds`` >= 3; ``data.fold`` is ignored).
+        folds: which folds to run (default: all).
+
+    Returns:
+        ``cv_summary.json``'s content: per-fold test accuracy and macro-F1, their mean and
+        sample standard deviation (ddof=1), the pooled accuracy over every test image,
+        ``cv_dir`` and ``report_dir``.
+    """
+    from xai_lab.data.dataset import load_dataset
+    from xai_lab.evaluate import evaluate_run
+    from xai_lab.train import fit
+
+    k = cfg.data.folds
+    if k < 3:
+        raise UserError("cross-validation needs data.folds >= 3 (e.g. data.folds=10)")
+    folds = list(range(k)) if folds is None else folds
+    bad = [f for f in folds if not 0 <= f < k]
+    if bad:
+        raise UserError(f"fold {bad[0]} does not exist: data.folds={k} has folds 0..{k - 1}")
+    cv_dir = Path(cfg.run.output_root) / "runs" / cfg.run.name / f"cv-{new_run_id()}"
+    cv_dir.mkdir(parents=True)
+    report_dir = report_dir_for(cv_dir)
+    save_config(cfg, cv_dir / "config.yaml")
+    t0 = time.perf_counter()
+    rows = []
+    for f in folds:
+        fold_cfg = copy.deepcopy(cfg)
+        fold_cfg.data.fold = f
+        dataset = load_dataset(fold_cfg.data, progress=cfg.run.progress)
+        log.info(
+            "fold %d/%d: train %d, val %d, test %d",
+            f,
+            k,
+            *(len(dataset.splits[s]) for s in ("train", "val", "test")),
+        )
+        summary = fit(fold_cfg, dataset=dataset, run_dir=cv_dir / f"fold{f}")
+        test = evaluate_run(
+            cv_dir / f"fold{f}", report_dir / f"fold{f}", dataset=dataset, split="test", device=cfg.run.device
+        )
+        rows.append(
+            {
+                "fold": f,
+                "train": len(dataset.splits["train"]),
+                "val": len(dataset.splits["val"]),
+                "test": test["n"],
+                "test_accuracy": test["accuracy"],
+                "test_macro_f1": test["macro_f1"],
+                "best_epoch": summary["best_epoch"],
+                "best_val_macro_f1": summary["best_val_macro_f1"],
+                "train_seconds": summary["train_seconds"],
+            }
+        )
+        log.info("fold %d: test accuracy %.4f macro-F1 %.4f", f, test["accuracy"], test["macro_f1"])
+    table = pd.DataFrame(rows)
+    correct = float((table["test_accuracy"] * table["test"]).sum())
+    result = {
+        "experiment": cfg.run.name,
+        "dataset": cfg.data.name,
+        "folds": k,
+        "folds_run": folds,
+        "grouped_by_subject": cfg.data.group_by_subject,
+        "test_accuracy": _mean_std(table["test_accuracy"].tolist()),
+        "test_macro_f1": _mean_std(table["test_macro_f1"].tolist()),
+        "pooled_test_accuracy": correct / float(table["test"].sum()),
+        "test_images": int(table["test"].sum()),
+        "per_fold": rows,
+        "wall_seconds": time.perf_counter() - t0,
+        "cv_dir": str(cv_dir),
+        "report_dir": str(report_dir),
+    }
+    atomic_write_with(report_dir / "cv_folds.csv", lambda p: table.to_csv(p, index=False))
+    atomic_write_json(report_dir / "cv_summary.json", result)
+    return result

@@ -1,0 +1,490 @@
+"""The data audit: duplicates, leakage, label conflicts and per-class statistics of a prepared dataset.
+
+Run by ``prepare`` and by ``xai-lab audit --config EXP``; writes ``audit.json`` and ``audit.md``
+beside ``metadata.csv``. Findings:
+
+- exact duplicates: rows with the same SHA-1 (file bytes; raw pixels for CSV rows), within a
+  split, across splits (leakage) and across classes (label conflicts);
+- near duplicates: pairs whose 64-bit perceptual hashes (pHash: the 8x8 low-frequency DCT of a
+  32x32 grayscale copy against its median; Zauner 2010) are within
+  ``data.audit.near_duplicate_distance`` bits, confirmed by a mean absolute gray-level difference
+  of at most ``data.audit.near_duplicate_pixel_delta`` on the decoded cache (byte-identical pairs
+  are exact duplicates, not counted here). The pixel check matters for aligned face crops: on
+  CK+ a pHash alone matches the same person's different expressions (mean difference 13-50),
+  while consecutive frames of one sequence differ by 2-6;
+- blank images (a single gray level; FER2013 holds all-black ones);
+- subjects found in more than one split (and in more than one split of any fold);
+- per class: original image sizes and modes, and brightness (mean gray level of the decoded
+  images), flagged when a class differs from the rest (the "one class has another resolution" check);
+- class balance per split, and what ``prepare`` skipped, excluded or deduplicated.
+
+The audit describes the prepared dataset: rows that ``data.dedup`` dropped are listed under
+``dedup`` and no longer counted as duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from xai_lab.atomic import atomic_write_json, atomic_write_text
+from xai_lab.config import DataConfig
+from xai_lab.data.dedup import duplicate_groups
+from xai_lab.errors import UserError
+
+SPLIT_ORDER = ("train", "val", "test")
+BLANK_RANGE = 2  # an image whose gray levels span at most this is blank
+MIN_CLASS_FOR_STATS = 10  # brightness of a class with fewer images is reported, not flagged
+
+
+def dct_matrix(n: int) -> np.ndarray:
+    """The orthonormal DCT-II matrix ``D`` (``D @ x`` is the DCT of ``x``)."""
+    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
+    d = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    d[0] /= np.sqrt(2.0)
+    return d
+
+
+def phash(images: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """64-bit perceptual hashes of uint8 images ``[N, C, H, W]`` as uint64 ``[N]``."""
+    import torch
+    import torch.nn.functional as F
+
+    d = dct_matrix(32).astype(np.float32)
+    out = np.empty(len(images), dtype=np.uint64)
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(np.asarray(images[start : start + batch], dtype=np.float32)).mean(
+            dim=1, keepdim=True
+        )
+        small = F.interpolate(x, size=(32, 32), mode="area")[:, 0].numpy()
+        low = (d @ small @ d.T)[:, :8, :8].reshape(len(small), 64)
+        bits = low > np.median(low, axis=1, keepdims=True)
+        out[start : start + batch] = np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.uint64)
+    return out
+
+
+def near_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 256) -> np.ndarray:
+    """All pairs ``(i, j)``, ``i < j``, of hashes at most ``max_distance`` bits apart: int64 ``[P, 2]``."""
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    found = []
+    for start in range(0, len(hashes), chunk):
+        block = hashes[start : start + chunk]
+        dist = np.bitwise_count(block[:, None] ^ hashes[None, :])
+        i, j = np.nonzero(dist <= max_distance)
+        i = i + start
+        keep = j > i
+        found.append(np.stack([i[keep], j[keep]], axis=1))
+    return np.concatenate(found) if found else np.empty((0, 2), dtype=np.int64)
+
+
+def pixel_difference(images: np.ndarray, pairs: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Mean absolute difference (gray levels) between the two images of each pair."""
+    out = np.empty(len(pairs), dtype=np.float32)
+    for start in range(0, len(pairs), chunk):
+        p = pairs[start : start + chunk]
+        a, b = np.asarray(images[p[:, 0]], np.float32), np.asarray(images[p[:, 1]], np.float32)
+        out[start : start + chunk] = np.abs(a - b).reshape(len(p), -1).mean(axis=1)
+    return out
+
+
+def _examples(items: list, n: int) -> list:
+    return items[:n]
+
+
+def audit_table(
+    table: pd.DataFrame,
+    images: np.ndarray,
+    class_names: list[str],
+    data: DataConfig,
+    info: dict | None = None,
+) -> dict[str, Any]:
+    """The audit of one prepared dataset (``table`` = metadata.csv, ``images`` = the cache, same rows)."""
+    info = info or {}
+    cfg = data.audit
+    n = len(table)
+    labels = table["label"].astype(str).to_numpy()
+    splits = table["split"].astype(str).to_numpy() if "split" in table else np.full(n, "train", dtype=object)
+    subjects = table["subject"].astype(str).to_numpy()
+    paths = table["path"].astype(str).to_numpy()
+    warnings: list[str] = []
+
+    # --- exact duplicates -----------------------------------------------------------------
+    groups = duplicate_groups(table["sha1"].astype(str))
+    exact_examples, n_cross_split, n_cross_class = [], 0, 0
+    conflicts = []
+    for g in groups:
+        cross_split, cross_class = len(set(splits[g])) > 1, len(set(labels[g])) > 1
+        n_cross_split += cross_split
+        n_cross_class += cross_class
+        entry = {
+            "sha1": str(table["sha1"].iloc[g[0]]),
+            "paths": paths[g].tolist(),
+            "labels": labels[g].tolist(),
+            "splits": splits[g].tolist(),
+        }
+        exact_examples.append(entry)
+        if cross_class:
+            conflicts.append(entry)
+    exact = {
+        "groups": len(groups),
+        "images": int(sum(len(g) for g in groups)),
+        "within_one_split": len(groups) - n_cross_split,
+        "across_splits": n_cross_split,
+        "across_classes": n_cross_class,
+        "examples": _examples(
+            sorted(exact_examples, key=lambda e: (-len(set(e["splits"])), -len(set(e["labels"])))),
+            cfg.max_examples,
+        ),
+    }
+    if n_cross_split:
+        warnings.append(f"{n_cross_split} exact duplicate group(s) span two or more splits (leakage)")
+    if n_cross_class:
+        warnings.append(f"{n_cross_class} exact duplicate group(s) are filed under different classes")
+
+    # --- near duplicates ------------------------------------------------------------------
+    hashes = phash(images) if n else np.empty(0, dtype=np.uint64)
+    pairs = near_pairs(hashes, cfg.near_duplicate_distance) if n > 1 else np.empty((0, 2), dtype=np.int64)
+    sha = table["sha1"].astype(str).to_numpy()
+    if len(pairs):
+        pairs = pairs[sha[pairs[:, 0]] != sha[pairs[:, 1]]]
+        pairs = pairs[pixel_difference(images, pairs) <= cfg.near_duplicate_pixel_delta]
+    i, j = (pairs[:, 0], pairs[:, 1]) if len(pairs) else (np.empty(0, int), np.empty(0, int))
+    x_split, x_class, same_subject = (
+        splits[i] != splits[j],
+        labels[i] != labels[j],
+        subjects[i] == subjects[j],
+    )
+    dist = np.bitwise_count(hashes[i] ^ hashes[j]) if len(pairs) else np.empty(0, int)
+    order = np.lexsort((dist, ~x_class, ~x_split))  # cross-split, then cross-class pairs first
+    near = {
+        "hash": "pHash 64-bit",
+        "max_distance": cfg.near_duplicate_distance,
+        "max_pixel_delta": cfg.near_duplicate_pixel_delta,
+        "pairs": int(len(pairs)),
+        "across_splits": int(x_split.sum()),
+        "across_classes": int(x_class.sum()),
+        "same_subject": int(same_subject.sum()),
+        "examples": [
+            {
+                "paths": [paths[i[k]], paths[j[k]]],
+                "labels": [labels[i[k]], labels[j[k]]],
+                "splits": [splits[i[k]], splits[j[k]]],
+                "distance": int(dist[k]),
+            }
+            for k in order[: cfg.max_examples]
+        ],
+    }
+    if near["across_splits"]:
+        warnings.append(
+            f"{near['across_splits']} near-duplicate pair(s) span two splits "
+            f"(pHash <= {cfg.near_duplicate_distance} bits, "
+            f"gray difference <= {cfg.near_duplicate_pixel_delta:g})"
+        )
+
+    # --- subjects -------------------------------------------------------------------------
+    subj = pd.DataFrame({"subject": subjects, "split": splits})
+    per_subject = subj.groupby("subject")["split"].nunique()
+    leaking = sorted(per_subject[per_subject > 1].index.tolist())
+    subject_info: dict[str, Any] = {
+        "subjects": int(len(per_subject)),
+        "images_per_subject_max": int(subj["subject"].value_counts().max()) if n else 0,
+        "grouped_by_subject": bool(data.group_by_subject),
+        "in_more_than_one_split": len(leaking),
+        "examples": leaking[: cfg.max_examples],
+    }
+    if leaking:
+        warnings.append(f"{len(leaking)} subject(s) appear in more than one split")
+    if "fold" in table:
+        from xai_lab.data.splits import fold_indices
+
+        per_fold = []
+        for f in range(int(table["fold"].max()) + 1):
+            names = np.empty(n, dtype=object)
+            for name, idx in fold_indices(table["fold"].to_numpy(), f).items():
+                names[idx] = name
+            counts = pd.DataFrame({"subject": subjects, "split": names}).groupby("subject")["split"].nunique()
+            per_fold.append(int((counts > 1).sum()))
+        subject_info["folds_with_subject_in_two_splits"] = int(sum(c > 0 for c in per_fold))
+        subject_info["per_fold"] = per_fold
+        if any(per_fold):
+            warnings.append(
+                f"subjects cross splits in {sum(c > 0 for c in per_fold)} of {len(per_fold)} folds"
+            )
+
+    # --- blank images (one gray level: FER2013 has all-black ones) ---------------------------
+    flat = images.reshape(n, -1) if n else np.empty((0, 1), dtype=np.uint8)
+    blank_idx = np.flatnonzero(flat.max(axis=1) - flat.min(axis=1) <= BLANK_RANGE) if n else np.empty(0, int)
+    blank = {
+        "images": int(len(blank_idx)),
+        "examples": [{"path": paths[k], "label": labels[k], "split": splits[k]} for k in blank_idx][
+            : cfg.max_examples
+        ],
+    }
+    if len(blank_idx):
+        warnings.append(f"{len(blank_idx)} blank image(s) (a single gray level), e.g. {paths[blank_idx[0]]}")
+
+    # --- per class ------------------------------------------------------------------------
+    brightness = flat.mean(axis=1) if n else np.empty(0)
+    sizes = (table["width"].astype(str) + "x" + table["height"].astype(str)).to_numpy()
+    modes = table["mode"].astype(str).to_numpy() if "mode" in table else np.full(n, "?", dtype=object)
+    overall_size = Counter(sizes).most_common(1)[0][0] if n else ""
+    overall_brightness = float(brightness.mean()) if n else 0.0
+    per_class = {}
+    for c in class_names:
+        m = labels == c
+        if not m.any():
+            per_class[c] = {"images": 0}
+            warnings.append(f"class {c} has no images")
+            continue
+        size_counts, mode_counts = Counter(sizes[m]), Counter(modes[m])
+        b = brightness[m]
+        per_class[c] = {
+            "images": int(m.sum()),
+            "sizes": dict(size_counts.most_common()),
+            "modes": dict(mode_counts.most_common()),
+            "brightness_mean": round(float(b.mean()), 2),
+            "brightness_std": round(float(b.std()), 2),
+        }
+        main_size = size_counts.most_common(1)[0][0]
+        if main_size != overall_size:
+            warnings.append(
+                f"class {c}: most images are {main_size}, the dataset's usual size is {overall_size}"
+            )
+        other_modes = set(mode_counts) - set(Counter(modes[~m]))
+        if other_modes and (~m).any():
+            warnings.append(
+                f"class {c}: image mode(s) {', '.join(sorted(other_modes))} found in no other class"
+            )
+        if (
+            m.sum() >= MIN_CLASS_FOR_STATS
+            and abs(float(b.mean()) - overall_brightness) > cfg.brightness_delta
+        ):
+            warnings.append(f"class {c}: mean brightness {b.mean():.1f} vs {overall_brightness:.1f} overall")
+
+    # --- balance --------------------------------------------------------------------------
+    by_split = {s: {c: int(((splits == s) & (labels == c)).sum()) for c in class_names} for s in SPLIT_ORDER}
+    totals = {c: int((labels == c).sum()) for c in class_names}
+    present = {c: v for c, v in totals.items() if v}  # empty classes are warned about above
+    largest = max(present, key=present.get) if present else ""
+    smallest = min(present, key=present.get) if present else ""
+    ratio = round(present[largest] / present[smallest], 2) if present else 0.0
+    balance = {
+        "counts": totals,
+        "by_split": by_split,
+        "imbalance_ratio": ratio,
+        "largest": largest,
+        "smallest": smallest,
+        "empty_classes": [c for c, v in totals.items() if not v],
+    }
+    if ratio >= 5:
+        warnings.append(
+            f"class imbalance: {balance['largest']} has {ratio}x the images of {balance['smallest']}"
+        )
+    empty_splits = [s for s in SPLIT_ORDER if not (splits == s).any()]
+    if empty_splits:
+        warnings.append(f"empty split(s): {', '.join(empty_splits)}")
+
+    return {
+        "dataset": data.name,
+        "source": data.source,
+        "root": data.root,
+        "images": n,
+        "classes": list(class_names),
+        "split_sizes": {s: int((splits == s).sum()) for s in SPLIT_ORDER},
+        "exact_duplicates": exact,
+        "label_conflicts": {"groups": len(conflicts), "examples": conflicts[: cfg.max_examples]},
+        "near_duplicates": near,
+        "blank_images": blank,
+        "subjects": subject_info,
+        "per_class": per_class,
+        "class_balance": balance,
+        "prepare": {
+            "skipped": len(info.get("skipped", [])),
+            "excluded": info.get("excluded", {}),
+            "dedup": {
+                "mode": info.get("dedup", {}).get("mode", data.dedup),
+                "dropped": len(info.get("dedup", {}).get("dropped", [])),
+                "examples": info.get("dedup", {}).get("dropped", [])[: cfg.max_examples],
+            },
+        },
+        "warnings": warnings,
+    }
+
+
+def audit_dataset(data: DataConfig, out: str | Path) -> dict[str, Any]:
+    """Audit the dataset in ``out``: write ``audit.json`` and ``audit.md`` there, return the report."""
+    out = Path(out)
+    try:
+        info = json.loads((out / "dataset.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{out} holds no prepared dataset; run `xai-lab prepare` first") from None
+    table = pd.read_csv(
+        out / "metadata.csv",
+        dtype={"subject": str, "path": str, "label": str, "sha1": str},
+        keep_default_na=False,
+    )
+    images = np.load(out / "cache" / str(info["cache_key"]) / "images.npy", mmap_mode="r")
+    report = audit_table(table, np.asarray(images), list(info["class_names"]), data, info)
+    atomic_write_json(out / "audit.json", report)
+    atomic_write_text(out / "audit.md", audit_markdown(report))
+    return report
+
+
+def run_audit(data: DataConfig, progress: bool = False) -> tuple[dict[str, Any], Path]:
+    """Audit ``data``'s prepared dataset, preparing it first when missing or made with other settings."""
+    from xai_lab.data.prepare import config_sha1, prepare, processed_dir
+
+    out = processed_dir(data)
+    try:
+        info = json.loads((out / "dataset.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        info = None
+    cache_ok = info is not None and (out / "cache" / str(info.get("cache_key")) / "images.npy").is_file()
+    if info is None or info.get("config_sha1") != config_sha1(data) or not cache_ok:
+        prepare(data, progress=progress, audit=False)
+    return audit_dataset(data, out), out
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """A few lines for the terminal."""
+    ex, near, subj, bal = (
+        report["exact_duplicates"],
+        report["near_duplicates"],
+        report["subjects"],
+        report["class_balance"],
+    )
+    s = report["split_sizes"]
+    lines = [
+        f"audit of {report['dataset']}: {report['images']} images, "
+        f"{len(report['classes'])} classes, "
+        f"train/val/test {s['train']}/{s['val']}/{s['test']}",
+        f"  exact duplicates: {ex['groups']} group(s) of {ex['images']} images; "
+        f"{ex['across_splits']} across splits, "
+        f"{ex['across_classes']} across classes (label conflicts)",
+        f"  near duplicates (pHash <= {near['max_distance']} bits, "
+        f"gray difference <= {near['max_pixel_delta']:g}): "
+        f"{near['pairs']} pair(s); "
+        f"{near['across_splits']} across splits, {near['across_classes']} across classes",
+        f"  blank images: {report['blank_images']['images']}",
+        f"  subjects: {subj['subjects']}, in more than one split: {subj['in_more_than_one_split']}"
+        + (
+            f"; folds with a subject in two splits: {subj['folds_with_subject_in_two_splits']}"
+            if "per_fold" in subj
+            else ""
+        ),
+        f"  class balance: largest/smallest = {bal['imbalance_ratio']} "
+        f"({bal['largest']} / {bal['smallest']})",
+    ]
+    prep = report["prepare"]
+    if prep["skipped"] or prep["excluded"] or prep["dedup"]["dropped"]:
+        excluded = ", ".join(f"{k} {v}" for k, v in prep["excluded"].items()) or "none"
+        lines.append(
+            f"  prepare: skipped {prep['skipped']}, excluded {excluded}, dedup={prep['dedup']['mode']} "
+            f"dropped {prep['dedup']['dropped']}"
+        )
+    lines += [f"  warning: {w}" for w in report["warnings"]]
+    return lines
+
+
+def audit_markdown(report: dict[str, Any]) -> str:
+    """``audit.md``: the report for people."""
+    ex, near, subj, bal = (
+        report["exact_duplicates"],
+        report["near_duplicates"],
+        report["subjects"],
+        report["class_balance"],
+    )
+    md = [
+        f"# Data audit: {report['dataset']}",
+        "",
+        f"Source `{report['source']}` at `{report['root']}`: {report['images']} images, "
+        f"classes {', '.join(report['classes'])}.",
+        "",
+        "## Summary",
+        "",
+    ]
+    md += [f"- {line.strip()}" for line in summary_lines(report)[1:]]
+    if not report["warnings"]:
+        md.append("- no warnings")
+    md += [
+        "",
+        "## Exact duplicates (same SHA-1)",
+        "",
+        f"{ex['groups']} group(s), {ex['images']} images: {ex['within_one_split']} within one split, "
+        f"{ex['across_splits']} across splits, {ex['across_classes']} across classes.",
+        "",
+    ]
+    if ex["examples"]:
+        md += ["| files | labels | splits |", "|---|---|---|"]
+        md += [
+            f"| {'<br>'.join(e['paths'])} | {', '.join(e['labels'])} | {', '.join(e['splits'])} |"
+            for e in ex["examples"]
+        ]
+    md += [
+        "",
+        f"## Near duplicates (pHash <= {near['max_distance']} bits, mean gray difference <= "
+        f"{near['max_pixel_delta']:g}, not byte-identical)",
+        "",
+        f"{near['pairs']} pair(s): {near['across_splits']} across splits, "
+        f"{near['across_classes']} across classes, "
+        f"{near['same_subject']} of the same subject.",
+        "",
+    ]
+    if near["examples"]:
+        md += ["| files | labels | splits | distance |", "|---|---|---|---|"]
+        md += [
+            f"| {'<br>'.join(e['paths'])} | {', '.join(e['labels'])} | {', '.join(e['splits'])} "
+            f"| {e['distance']} |"
+            for e in near["examples"]
+        ]
+    md += [
+        "",
+        "## Subjects",
+        "",
+        f"{subj['subjects']} subject(s), at most {subj['images_per_subject_max']} images each; "
+        f"grouped splits: "
+        f"{subj['grouped_by_subject']}; in more than one split: {subj['in_more_than_one_split']}.",
+    ]
+    if "per_fold" in subj:
+        md.append(f"Folds: subjects in two splits per fold: {subj['per_fold']}.")
+    md += [
+        "",
+        "## Per class",
+        "",
+        "| class | images | sizes | modes | brightness (mean ± std) |",
+        "|---|---|---|---|---|",
+    ]
+    for c, v in report["per_class"].items():
+        if not v["images"]:
+            md.append(f"| {c} | 0 | | | |")
+            continue
+        sizes = ", ".join(f"{k}: {n}" for k, n in v["sizes"].items())
+        modes = ", ".join(f"{k}: {n}" for k, n in v["modes"].items())
+        md.append(
+            f"| {c} | {v['images']} | {sizes} | {modes} | {v['brightness_mean']} ± {v['brightness_std']} |"
+        )
+    md += [
+        "",
+        "## Class balance",
+        "",
+        "| class | " + " | ".join(SPLIT_ORDER) + " | total |",
+        "|---|" + "---|" * (len(SPLIT_ORDER) + 1),
+    ]
+    for c, total in bal["counts"].items():
+        md.append(f"| {c} | " + " | ".join(str(bal["by_split"][s][c]) for s in SPLIT_ORDER) + f" | {total} |")
+    md += ["", f"Largest/smallest class: {bal['imbalance_ratio']}.", ""]
+    prep = report["prepare"]
+    md += [
+        "## What prepare left out",
+        "",
+        f"- skipped (unreadable or malformed, with on_bad_* = skip): {prep['skipped']}",
+        f"- excluded by the labelling rule: {prep['excluded'] or 'none'}",
+        f"- dedup = {prep['dedup']['mode']}: {prep['dedup']['dropped']} dropped",
+        "",
+    ]
+    return "\n".join(md)

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     for row in rows:
         row["speedup_vs_one"] = round(row["aggregate_img_per_s"] / one, 3) if one else None
     from sweeps.driver import packing_fraction
+    from xai_lab.config import ModelConfig
 
     result = {
         "benchmark": "packing",
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "(resources.cpu = cores/n, one thread each); this measures the sweep's cost of running "
                  "trials side by side, not GPU packing. Rerun on a GPU for the packing rule."),
         "levels": rows,
-        "auto_gpu_fraction": packing_fraction(args.depth, args.input_size),
+        "auto_gpu_fraction": packing_fraction(ModelConfig(depth=args.depth, input_size=args.input_size)),
         "device": torch.cuda.get_device_name(0) if gpu else f"cpu ({platform.machine()}, {cores} cores)",
         "settings": {"depth": args.depth, "input_size": args.input_size, "epochs": args.epochs,
                      "n_per_class": n_per_class, "batch_size": batch_size, "smoke": args.smoke,

@@ -40,6 +40,7 @@ from xai_lab.config import (
     load_experiment,
     read_yaml,
     resolve,
+    set_key,
     to_dict,
 )
 from xai_lab.errors import UserError
@@ -287,11 +288,7 @@ def trial_config(base: dict, params: dict[str, Any]) -> ExperimentConfig:
     """The experiment of one trial: the base (as a dict) with the sampled dotted ``params`` set."""
     values = copy.deepcopy(base)
     for key, value in params.items():
-        node = values
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+        set_key(values, key.split("."), value, f"sweep key 'space.{key}'")
     return resolve(from_dict(values))
 
 

@@ -30,9 +30,10 @@ from sweeps.config import DefineByRun, SweepConfig, base_experiments, base_point
 from sweeps.leaderboard import build_leaderboard, write_leaderboard
 from sweeps.trainable import train_trial
 from xai_lab.atomic import atomic_write_text
-from xai_lab.config import read_yaml, to_dict
+from xai_lab.config import ModelConfig, read_yaml, to_dict
 from xai_lab.data.dataset import load_dataset
 from xai_lab.errors import UserError
+from xai_lab.models import work_per_image
 
 log = logging.getLogger(__name__)
 
@@ -122,20 +123,21 @@ def start_ray(address: str | None, dashboard: bool, quiet: bool = False) -> str 
 # Packing rule for resources.gpu: auto, from the one-H200 figures in ../shared/DESIGN.md (bf16,
 # channels_last): ResNet18 at 48 px trains at ~18,000 img/s alone at batch 128 and four such trials
 # packed on one GPU reach ~55,000 together (3x): one small trial leaves most of the GPU idle. A trial's
-# work per image grows with depth (ResNet18 : 34 : 50 ~ 1 : 2 : 2.3 in FLOPs) and with the pixels
-# (input_size / 48) ** 2, and a trial big enough to fill the GPU on its own (ResNet34/50 at 112 px,
-# 19,500 / 13,000 img/s alone) gains nothing from sharing it. Only the ResNet18-at-48 point is
-# measured; the others follow from the work per image. Re-measure with benchmarks/packing.py on the GPU
-# you sweep on and move the thresholds if its figures say so.
-DEPTH_WORK = {18: 1.0, 34: 2.0, 50: 2.3}
+# work per image is its model's FLOPs relative to ResNet18 at 48 px (xai_lab.models.work_per_image:
+# ResNet18 : 34 : 50 ~ 1 : 2 : 2.3, the CIFAR-style ResNet-20 ~1.1), times (input_size / 48) ** 2, and
+# a trial big enough to fill the GPU on its own (ResNet34/50 at 112 px, 19,500 / 13,000 img/s alone)
+# gains nothing from sharing it. Only the ResNet18-at-48 point is measured; the others follow from the
+# work per image. Re-measure with benchmarks/packing.py on the GPU you sweep on and move the thresholds
+# if its figures say so.
 PACK_FRACTIONS = ((2.0, 0.25), (6.0, 0.5))  # (largest work per image relative to ResNet18@48, fraction)
 
 
-def packing_fraction(depth: int, input_size: int) -> float:
+def packing_fraction(model: ModelConfig) -> float:
     """The GPU fraction of one trial under ``resources.gpu: auto``: 0.25 (four per GPU) for ResNet18 up
-    to ~64 px and ResNet34 at 48 px; 0.5 (two per GPU) for mid-sized work (ResNet18 at 96-112 px,
-    ResNet50 at 48 px); a whole GPU for ResNet34/50 at 96-112 px and larger."""
-    work = DEPTH_WORK.get(depth, 2.3) * (input_size / 48) ** 2
+    to ~64 px, ResNet34 and the CIFAR-style ResNets up to ResNet-32 at 48 px; 0.5 (two per GPU) for
+    mid-sized work (ResNet18 at 96-112 px, ResNet50 at 48 px); a whole GPU for ResNet34/50 at 96-112 px
+    and larger."""
+    work = work_per_image(model)
     for limit, fraction in PACK_FRACTIONS:
         if work <= limit:
             return fraction
@@ -159,7 +161,7 @@ def trial_resources(cfg: SweepConfig, model=None) -> dict[str, float]:
             gpu = 0.0
         else:
             share = 1.0 if conc <= n_gpu else 1.0 / math.ceil(conc / n_gpu)
-            gpu = max(share, packing_fraction(model.depth, model.input_size)) if model is not None else share
+            gpu = max(share, packing_fraction(model)) if model is not None else share
     cpu = cfg.resources.cpu
     if cpu == "auto":
         cpu = max(1.0, math.floor(n_cpu / conc))

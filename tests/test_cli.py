@@ -64,7 +64,7 @@ def test_run_ids_are_unique(smoke_run, capsys):
     [
         (["train", "--config", "nope.yaml"], "config file not found: nope.yaml"),
         (["train", "--config", EXP, "train.epoch=3"], "unknown config key 'train.epoch'"),
-        (["train", "--config", EXP, "model.depth=101"], "'model.depth' must be one of 18, 34, 50"),
+        (["train", "--config", EXP, "model.depth=101"], "'model.depth' must be one of 8, 14, 18, 20, 32, 34, 44, 50, 56"),
         (["evaluate", "--run-dir", "artifacts/runs/none"], "run folder not found"),
         (["explain", "--run-dir", "RUN", "--methods", "magic"], "unknown explanation method 'magic'"),
         (["evaluate", "--run-dir", "RUN", "model.depth=50"], "cannot change a trained run"),

@@ -38,8 +38,9 @@ def test_int_is_accepted_for_float_but_not_bool_for_int(in_tmp):
                           r"epochs, batch_size"),
         ("trian.epochs=3", r"unknown config key 'trian'.*valid keys in an experiment: run, data, model"),
         ("train.epochs=three", r"config key 'train.epochs' must be an integer, got 'three'"),
-        ("model.depth=101", r"config key 'model.depth' must be one of 18, 34, 50, got 101"),
-        ("model.stem=tiny", r"'model.stem' must be one of 'imagenet', 'small'"),
+        ("model.depth=101", r"config key 'model.depth' must be one of 8, 14, 18, 20, 32, 34, 44, 50, 56 "
+                            r"\(or 0: taken from model.name\), got 101"),
+        ("model.stem=tiny", r"'model.stem' must be one of 'auto', 'imagenet', 'small'"),
         ("augment.strength=1.5", r"'augment.strength' must be in \[0.0, 1.0\], got 1.5"),
         ("data.split.test=0.5", r"must sum to 1"),
         ("train.epochs", r"must look like section.key=value"),

@@ -225,7 +225,7 @@ def test_pointing_game_and_mask_iou_on_known_maps():
 
 
 def test_explain_configs_load_and_their_parameters_reach_the_explainers():
-    from tests.conftest import ROOT
+    from conftest import ROOT
 
     for path in sorted((ROOT / "configs" / "explain").glob("*.yaml")):
         ec = build_dataclass(ExplainConfig, read_yaml(path) or {}, "explain")

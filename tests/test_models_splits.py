@@ -5,17 +5,68 @@ import torch
 from xai_lab.config import ModelConfig
 from xai_lab.data.splits import split_indices
 from xai_lab.errors import UserError
-from xai_lab.models import build_model, cam_grid_size, list_models, pretrained_file
+from xai_lab.models import build_model, cam_grid_size, create_model, list_models, pretrained_file, resolve_model_config
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("torchvision"))
 @pytest.mark.parametrize("stem", ["imagenet", "small"])
-def test_every_registered_model_builds_and_runs(name, stem):
-    cfg = ModelConfig(depth=int(name.removeprefix("resnet")), stem=stem, input_size=48)
-    model = build_model(cfg, num_classes=7, channels=1).eval()
+def test_every_torchvision_model_builds_and_runs(name, stem):
+    model = create_model(name, num_classes=7, in_chans=1, input_size=48, stem=stem).eval()
     with torch.no_grad():
         out = model(torch.rand(2, 1, 48, 48))
     assert out.shape == (2, 7)
+
+
+@pytest.mark.parametrize("depth", [8, 14, 20, 32, 44, 56])
+def test_cifar_resnets_have_6n_plus_2_layers_and_a_fine_cam_grid(depth):
+    """He et al. (2016), section 4.2: 6n+2 weighted layers (3x3 convs + the head; 1x1 shortcuts not counted)."""
+    model = create_model(f"resnet{depth}", num_classes=7, in_chans=1, input_size=48).eval()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(convs) + len(linears) == depth
+    assert [model.backbone.get_submodule(f"layer{i}")[-1].conv2.out_channels for i in (1, 2, 3)] == [16, 32, 64]
+    feats = {}
+    model.target_layer.register_forward_hook(lambda m, i, o: feats.setdefault("x", o))
+    with torch.no_grad():
+        out = model(torch.rand(2, 1, 48, 48))
+    assert out.shape == (2, 7)
+    assert feats["x"].shape[-2:] == (12, 12) == (cam_grid_size(ModelConfig(name=f"resnet{depth}")),) * 2
+    assert cam_grid_size(ModelConfig(depth=depth, input_size=32)) == 8
+
+
+def test_width_multiplies_the_cifar_stages():
+    model = create_model("resnet8", 3, width=32)
+    assert [model.backbone.get_submodule(f"layer{i}")[0].conv2.out_channels for i in (1, 2, 3)] == [32, 64, 128]
+
+
+def test_depth_is_a_shorthand_for_the_name_and_both_are_checked():
+    assert resolve_model_config(ModelConfig(depth=20)).name == "resnet20"
+    assert resolve_model_config(ModelConfig(name="resnet34")).depth == 34
+    assert resolve_model_config(ModelConfig()).name == "resnet18"
+    with pytest.raises(UserError, match=r"'model.name' must be one of resnet18, .*resnet56, got 'resnet19'"):
+        resolve_model_config(ModelConfig(name="resnet19"))
+    with pytest.raises(UserError, match=r"'model.depth' must be one of 8, 14, 18, 20"):
+        resolve_model_config(ModelConfig(depth=19))
+    with pytest.raises(UserError, match="disagree"):
+        resolve_model_config(ModelConfig(name="resnet20", depth=18))
+    with pytest.raises(UserError, match="'model.stem' must be auto or small for resnet20"):
+        resolve_model_config(ModelConfig(name="resnet20", stem="imagenet"))
+    with pytest.raises(UserError, match="ImageNet weights exist for resnet18, resnet34, resnet50 only"):
+        resolve_model_config(ModelConfig(name="resnet20", pretrained=True))
+    with pytest.raises(UserError, match="'model.width' is for the CIFAR-style ResNets"):
+        resolve_model_config(ModelConfig(name="resnet18", width=16))
+
+
+def test_an_override_of_depth_or_name_replaces_the_other(tmp_path):
+    from xai_lab.config import load_experiment
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("model: {depth: 18, input_size: 32}\n")
+    assert load_experiment(exp, ["model.name=resnet20"]).model.depth == 20
+    cfg = load_experiment(exp, ["model.name=resnet20", "model.depth=8"])
+    assert (cfg.model.name, cfg.model.depth) == ("resnet8", 8)
+    with pytest.raises(UserError, match="must be one of"):
+        load_experiment(exp, ["model.name=vgg16"])
 
 
 @pytest.mark.parametrize("stem, size, grid", [("imagenet", 48, 2), ("small", 48, 6), ("imagenet", 112, 4),

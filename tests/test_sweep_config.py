@@ -12,6 +12,7 @@ import yaml
 from conftest import ROOT, write_tiny_experiment
 
 from sweeps.config import DefineByRun, base_experiments, base_point, load_sweep
+from xai_lab.config import ModelConfig
 from xai_lab.errors import UserError
 
 SHIPPED = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
@@ -60,7 +61,7 @@ SPACE = """  train.sampler: {type: categorical, choices: [none, class_balanced]}
         (
             "  model.depth: {type: categorical, choices: [18, 101]}",
             "",
-            r"value 101 fails.*model.depth.*18, 34, 50",
+            r"value 101 fails.*model.depth.*18, 20, 32, 34",
         ),
         ("  train.lr: {type: float, low: 0, high: 1, log: true}", "", r"log-scale parameter needs low > 0"),
         ("  train.lr: {type: float, low: 1}", "", r"needs low and high"),
@@ -178,7 +179,11 @@ def test_checkpoints_land_where_asha_may_stop_a_trial():
 def test_auto_gpu_fraction_packs_small_trials_and_gives_big_ones_a_gpu():
     from sweeps.driver import packing_fraction
 
-    assert packing_fraction(18, 48) == 0.25  # the measured point: four packed do 3x one (DESIGN.md)
-    assert packing_fraction(18, 112) == 0.5
-    assert packing_fraction(50, 48) == 0.5
-    assert packing_fraction(34, 112) == packing_fraction(50, 112) == 1.0
+    def pack(depth, size):
+        return packing_fraction(ModelConfig(depth=depth, input_size=size))
+
+    assert pack(18, 48) == 0.25  # the measured point: four packed do 3x one (DESIGN.md)
+    assert pack(18, 112) == 0.5
+    assert pack(50, 48) == 0.5
+    assert pack(34, 112) == pack(50, 112) == 1.0
+    assert pack(20, 48) == pack(56, 32) == 0.25 and pack(56, 64) == 0.5  # CIFAR-style: FLOPs per image

@@ -69,6 +69,7 @@ class SynthFacesConfig:
     n_per_class: int = _bounded(300, 1)
     label_noise: float = _bounded(0.0, 0.0, 0.99)
     seed: int = 0
+    min_intensity: float = _bounded(0.55, 0.05, 1.15)  # weakest expression drawn; higher: classes further apart
 
 
 @dataclass
@@ -123,13 +124,20 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """A torchvision ResNet; see :mod:`xai_lab.models`."""
+    """A ResNet from the registry in :mod:`xai_lab.models` (``xai-lab`` lists them in the README)."""
 
-    depth: Literal[18, 34, 50] = 18
-    pretrained: bool | str = False  # true: torchvision ImageNet weights; or a path to a .pth
+    name: str = ""  # a registered model (resnet18/34/50, resnet8/14/20/32/44/56); "": from depth, else resnet18
+    depth: int = _bounded(0, 0)  # shorthand for name (depth 20 is resnet20); 0: taken from name
+    pretrained: bool | str = False  # true: torchvision ImageNet weights (resnet18/34/50); or a path to a .pth
     input_size: int = _bounded(48, 16)  # batches are resized to this on the device
-    stem: Literal["imagenet", "small"] = "imagenet"
+    stem: Literal["auto", "imagenet", "small"] = "auto"  # torchvision ResNets; auto: imagenet (CIFAR ones: 3x3)
+    width: int = _bounded(0, 0)  # CIFAR-style ResNets: channels of the first stage; 0: 16 (He et al.)
     init_from: str = ""  # a run folder or checkpoint to start from; a new head if the classes differ
+
+
+# Keys that say the same thing two ways: setting one (an override, a sampled sweep value) clears the other,
+# which resolve() then derives again.
+ALIASES = {"model.depth": ("model.name", ""), "model.name": ("model.depth", 0)}
 
 
 @dataclass
@@ -143,8 +151,8 @@ class TrainConfig:
     lr: float = _bounded(1e-3, 0.0)
     weight_decay: float = _bounded(0.05, 0.0)
     momentum: float = _bounded(0.9, 0.0, 1.0)  # sgd only
-    scheduler: Literal["cosine", "step", "none"] = "cosine"
-    warmup_epochs: float = _bounded(1.0, 0.0)
+    scheduler: Literal["cosine", "step", "onecycle", "none"] = "cosine"  # onecycle: lr/25 -> lr -> lr/1e4
+    warmup_epochs: float = _bounded(1.0, 0.0)  # a linear ramp to lr; onecycle: a cosine rise from lr/25
     step_size: int = _bounded(10, 1)  # step scheduler: epochs between decays
     gamma: float = _bounded(0.1, 0.0, 1.0)  # step scheduler: decay factor
     sampler: Literal["none", "class_balanced", "sqrt_balanced"] = "none"
@@ -156,6 +164,12 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     cudnn_benchmark: bool = True  # on CUDA: let cuDNN time its convolution algorithms once per shape
     checkpoint_every: int = _bounded(1, 1)  # epochs between last.pt/best.pt writes (the last epoch always)
+    mixup: float = _bounded(0.0, 0.0)  # mixup's Beta(a, a) for the mixing weight; 0: off
+    cutmix: float = _bounded(0.0, 0.0)  # CutMix's Beta(a, a) for the kept area; 0: off
+    mix_prob: float = _bounded(1.0, 0.0, 1.0)  # probability that a batch is mixed (mixup or cutmix on)
+    ema_decay: float = _bounded(0.0, 0.0, 0.99999)  # per-step EMA of the weights, validated and saved; 0: off
+    ema_warmup: bool = True  # EMA decay min(ema_decay, (1 + n) / (10 + n)) at update n
+    tta_flip: bool = False  # validation and evaluate average the softmax over each image and its mirror
 
 
 @dataclass
@@ -214,6 +228,7 @@ class ExplainMetricsConfig:
     randomization_images: int = _bounded(8, 1)  # of those, how many go through the randomization cascade
     randomization_threshold: float = _bounded(0.5, -1.0, 1.0)  # a method fails when rho stays >= this
     pointing_tolerance: int = _bounded(0, 0)  # px the mask is grown by for the pointing game
+    randomized_margin: float = _bounded(0.25, 0.0, 1.0)  # pointing game a method must beat its randomized-model value by
     seed: int = 0  # image draw, tie-breaking, random maps and randomized weights
 
 
@@ -449,18 +464,30 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def set_key(values: dict, path: list[str], value: Any, what: str = "") -> None:
+    """Set dotted ``path`` in the nested dict ``values`` (in place), clearing its alias (:data:`ALIASES`).
+
+    ``what`` names the setting in the error raised when a parent of ``path`` is not a section.
+    """
+    node = values
+    for depth, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(path[: depth + 1])
+            raise UserError(f"{what or '.'.join(path)}: '{where}' is not a section")
+        node = child
+    node[path[-1]] = value
+    alias = ALIASES.get(".".join(path))
+    if alias is not None:
+        alias_key, cleared = alias
+        node[alias_key.rsplit(".", 1)[1]] = cleared
+
+
 def apply_overrides(values: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     """Set each dotted override in the nested dict ``values`` (in place) and return it."""
     for text in overrides:
         path, value = parse_override(text)
-        node = values
-        for depth, part in enumerate(path[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                where = ".".join(path[: depth + 1])
-                raise UserError(f"override '{text}': '{where}' is not a section")
-            node = child
-        node[path[-1]] = value
+        set_key(values, path, value, f"override '{text}'")
     return values
 
 
@@ -527,13 +554,16 @@ def read_data_section(path: str | Path) -> dict:
 
 
 def resolve(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Fill in derived values (run name, dataset name and root) so that the saved config is explicit."""
+    """Fill in derived values (run name, dataset name and root, model name and depth) so that the saved
+    config is explicit."""
     from xai_lab.data.sources import default_name, default_root
+    from xai_lab.models import resolve_model_config
 
     if not cfg.data.root:
         cfg.data.root = default_root(cfg.data)
     if not cfg.data.name:
         cfg.data.name = default_name(cfg.data)
+    resolve_model_config(cfg.model)
     if not cfg.run.name:
         cfg.run.name = "experiment"
     return cfg

@@ -3,12 +3,14 @@
 Writes ``test_summary.json`` (accuracy, macro-F1, n, per-class precision/recall/F1/support,
 class names, checkpoint, the Grad-CAM grid ``cam_grid`` of the model's last block; ``explain``
 adds an ``explanations`` block) and ``test_confusion_matrix.csv`` (rows: true class, columns:
-predicted class, raw counts) into the run's report folder.
+predicted class, raw counts) into the run's report folder. With the run's ``train.tta_flip``,
+predictions average each image with its mirror image (:func:`predict_logits`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +28,26 @@ log = logging.getLogger(__name__)
 
 @torch.inference_mode()
 def predict_logits(
-    model: torch.nn.Module, images: torch.Tensor, batch_size: int, amp: bool = True
+    model: torch.nn.Module, images: torch.Tensor, batch_size: int, amp: bool = True, *, tta_flip: bool = False
 ) -> torch.Tensor:
-    """Logits (float32, on the model's device) for uint8 ``images`` [N, C, H, W], in batches."""
+    """Logits (float32, on the model's device) for uint8 ``images`` [N, C, H, W], in batches.
+
+    With ``tta_flip`` (``train.tta_flip``): ``log(mean(softmax))`` over each image and its horizontal
+    mirror (one forward pass of twice the batch). These log-probabilities stand in for logits
+    everywhere (softmax gives the averaged probabilities back; argmax and cross-entropy are right).
+    """
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device, non_blocking=True).float().div_(255)
+        if tta_flip:
+            x = torch.cat([x, x.flip(-1)])
         with autocast(device, amp):
-            out.append(model(x).float())
+            logits = model(x).float()
+        if tta_flip:
+            a, b = logits.log_softmax(1).chunk(2)
+            logits = torch.logaddexp(a, b) - math.log(2)
+        out.append(logits)
     if not out:
         return torch.empty(0, 0, device=device)
     return torch.cat(out)
@@ -57,10 +70,11 @@ def classification_summary(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
 
 
 def evaluate_split(model, images: np.ndarray, labels: np.ndarray, class_names: list[str],
-                   batch_size: int = 512, amp: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
+                   batch_size: int = 512, amp: bool = True, *,
+                   tta_flip: bool = False) -> tuple[dict, np.ndarray, np.ndarray]:
     """Run ``model`` on one split; return (summary, confusion matrix, softmax probabilities)."""
     device = next(model.parameters()).device
-    logits = predict_logits(model, to_device(images, device), batch_size, amp)
+    logits = predict_logits(model, to_device(images, device), batch_size, amp, tta_flip=tta_flip)
     probs = logits.softmax(dim=1).cpu().numpy()
     y_pred = probs.argmax(axis=1)
     summary = classification_summary(labels, y_pred, class_names)
@@ -152,7 +166,7 @@ def evaluate_model(
 
         raise UserError(f"the {split} split of {dataset.name} is empty: nothing to evaluate")
     summary, cm, _ = evaluate_split(model, data.images, data.labels, class_names, cfg.train.eval_batch_size,
-                                    cfg.train.amp)
+                                    cfg.train.amp, tta_flip=cfg.train.tta_flip)
     side = cam_grid_size(cfg.model)  # the Grad-CAM grid of the last block, recorded beside accuracy
     summary.update(split=split, checkpoint=str(checkpoint), epoch=epoch, dataset=dataset.name, cam_grid=[side, side])
     write_evaluation(report_dir, summary, cm, class_names)
@@ -212,7 +226,7 @@ def evaluate_other_dataset(
     data = data.subset(keep)
     y_true = to_shared[data.labels]
     logits = predict_logits(model, to_device(data.images, next(model.parameters()).device),
-                            cfg.train.eval_batch_size, cfg.train.amp).cpu()
+                            cfg.train.eval_batch_size, cfg.train.amp, tta_flip=cfg.train.tta_flip).cpu()
     y_pred = logits[:, shared.model_idx].argmax(dim=1).numpy()
     all_pred = logits.argmax(dim=1).numpy()
     summary = classification_summary(y_true, y_pred, shared.emotions)

@@ -6,6 +6,13 @@ batch is gathered by indexing, augmented as a whole batch (:mod:`xai_lab.data.au
 and resized inside the model. Nothing is decoded or copied per image, and the loop reads
 no value back to the host until the epoch ends.
 
+The optional recipe, each part off by default: the one-cycle schedule (``train.scheduler:
+onecycle``, :func:`lr_factor`), mixup/CutMix (``train.mixup``, ``train.cutmix``,
+``train.mix_prob``), a weight EMA (``train.ema_decay``; see :mod:`xai_lab.recipe`) and flip
+test-time augmentation in validation (``train.tta_flip``). With the EMA on, validation,
+``best.pt`` and ``last.pt``'s ``model`` are the EMA's weights; ``last.pt`` also holds the raw
+weights (``model_raw``) and the EMA's update count (``ema``) to resume both.
+
 Outputs in the run folder: ``config.yaml`` (resolved), ``last.pt`` (every
 ``train.checkpoint_every`` epochs and the last), ``best.pt`` (best val macro-F1, written with
 ``last.pt``), ``train_log.jsonl`` (one line per epoch), ``tb/`` (TensorBoard scalars, unless
@@ -26,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
+from torch.optim.swa_utils import AveragedModel
 
 from xai_lab.atomic import atomic_write_json
 from xai_lab.checkpoint import init_from_checkpoint, load_checkpoint, save_checkpoint
@@ -36,6 +44,17 @@ from xai_lab.data.sampler import epoch_indices, sample_weights
 from xai_lab.device import autocast, release_device_memory, resolve_device, to_device
 from xai_lab.evaluate import predict_logits
 from xai_lab.models import build_model
+from xai_lab.recipe import (
+    EMA_KEYS,
+    ema_checkpoint,
+    make_ema,
+    mix_batch,
+    mix_rng,
+    mixed_cross_entropy,
+    mixing_on,
+    restore_ema,
+    update_ema,
+)
 from xai_lab.runs import create_run_dir
 
 log = logging.getLogger(__name__)
@@ -60,9 +79,21 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
+def onecycle_factor(step: int, warmup: float, total: int) -> float:
+    """One-cycle (Smith & Topin 2017): a cosine rise from 1/25 at step 0 to 1 at step ``warmup``, then a
+    cosine fall to 1e-4 at the last step ``total - 1`` (torch's OneCycleLR shape, but ending at lr/1e4)."""
+    start, end = 1 / 25, 1e-4
+    if step < warmup:
+        return start + (1 - start) * 0.5 * (1 - math.cos(math.pi * step / warmup))
+    p = min(1.0, (step - warmup) / max(1.0, total - 1 - warmup))
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * p))
+
+
 def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
-    """The learning-rate multiplier at ``step``: linear warm-up, then cosine, step or constant."""
+    """The learning-rate multiplier at ``step``: linear warm-up, then cosine, step or constant; or one-cycle."""
     warmup = cfg.warmup_epochs * steps_per_epoch
+    if cfg.scheduler == "onecycle":
+        return onecycle_factor(step, warmup, cfg.epochs * steps_per_epoch)
     if step < warmup:
         return min(1.0, (step + 1) / warmup)
     if cfg.scheduler == "cosine":
@@ -92,12 +123,14 @@ def train_steps(
     generator: torch.Generator,
     loss_weight: torch.Tensor | None = None,
     on_step: Callable[[int], object] | None = None,
+    ema: AveragedModel | None = None,
 ) -> torch.Tensor:
     """``steps`` optimisation steps over batches ``order[i*bs:(i+1)*bs]`` of the on-device data.
 
     Args:
         images: uint8 [N, C, H, W] on the training device.
         targets: class indices [N] or label distributions [N, K] on the device.
+        ema: updated from ``model`` after every step (:mod:`xai_lab.recipe`).
 
     Returns:
         The summed loss as a device tensor (read it once, after the epoch).
@@ -106,18 +139,22 @@ def train_steps(
     device = images.device
     channels_last = device.type == "cuda" and tc.channels_last
     loss_sum = torch.zeros((), device=device)
+    rng = mix_rng(generator) if mixing_on(tc) else None  # mixup/CutMix draws, seeded from the epoch's state
     for i in range(steps):
         idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
         x = augment_batch(images[idx].float().div_(255), cfg.augment, generator)
+        x, lam = mix_batch(x, tc, rng) if rng is not None else (x, 1.0)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, tc.amp):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), targets[idx], weight=loss_weight, label_smoothing=tc.label_smoothing)
+        loss = mixed_cross_entropy(logits.float(), targets[idx], lam, loss_weight, tc.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            update_ema(ema, model, tc)
         loss_sum += loss.detach()
         if on_step is not None:
             on_step(1)
@@ -142,7 +179,7 @@ def fit(
         callback: called after every epoch with the epoch's metrics and the path of
             ``last.pt`` when it was written that epoch (else None); returning True stops
             training (the sweep reports through this).
-        resume_from: a ``last.pt`` to continue from (model, optimizer, schedule, epoch).
+        resume_from: a ``last.pt`` to continue from (model, EMA, optimizer, schedule, epoch).
         checkpoint_at: ``epoch -> bool``, the epochs after which ``last.pt`` (and ``best.pt``,
             when a better epoch came since) are written; default every ``train.checkpoint_every``
             epochs. The last epoch is always written.
@@ -184,6 +221,7 @@ def fit(
     writer = bar = None
     # Everything that holds device memory is bound here, so that the finally below can drop it.
     x_train = y_train = soft_train = x_val = y_val = model = step_model = optimizer = scheduler = None
+    ema = eval_model = None  # the weight EMA (train.ema_decay) and the model validated and saved: it, or model
     best_weights = None  # a better epoch's weights, not yet written to best.pt
     init_info = None  # where model.init_from took the weights from
     try:
@@ -201,6 +239,8 @@ def fit(
         optimizer = make_optimizer(model, tc)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, tc))
         step_model = torch.compile(model) if tc.compile else model
+        ema = make_ema(model, tc)
+        eval_model = model if ema is None else ema.module
 
         weights = sample_weights(y_train, tc.sampler, k)
         loss_weight = class_weights(y_train, k) if tc.class_weighted_loss else None
@@ -209,7 +249,8 @@ def fit(
 
         if resume_from is not None:
             state = load_checkpoint(resume_from)
-            model.load_state_dict(state["model"])
+            model.load_state_dict(state.get("model_raw", state["model"]))  # "model" is the EMA when one ran
+            restore_ema(ema, state)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             start_epoch = int(state["epoch"]) + 1
@@ -233,7 +274,7 @@ def fit(
             """``last.pt`` (and ``best.pt`` when a better epoch came since the last write)."""
             nonlocal best_weights
             state = {
-                "model": model.state_dict(),
+                "model": eval_model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "epoch": epoch,
@@ -242,10 +283,11 @@ def fit(
                 "metrics": metrics,
                 "best_val_macro_f1": best_f1,
                 "best_epoch": best_epoch,
+                **ema_checkpoint(ema, model),  # the raw weights and the EMA's count, to resume both
             }
             save_checkpoint(run_dir / "last.pt", state)
             if best_weights is not None:
-                best = {k_: v for k_, v in state.items() if k_ != "optimizer"}
+                best = {k_: v for k_, v in state.items() if k_ not in ("optimizer", *EMA_KEYS)}
                 best.update(model=best_weights["model"], metrics=best_weights["metrics"], epoch=best_epoch)
                 save_checkpoint(run_dir / "best.pt", best)
                 best_weights = None
@@ -257,15 +299,16 @@ def fit(
             t0 = time.perf_counter()
             order = epoch_indices(weights, len(train), gen)
             loss_sum = train_steps(step_model, optimizer, scheduler, x_train, y_train if soft_train is None
-                                   else soft_train, order, steps_per_epoch, cfg, gen, loss_weight, on_step=bar.update)
+                                   else soft_train, order, steps_per_epoch, cfg, gen, loss_weight, on_step=bar.update,
+                                   ema=ema)
             train_loss = float(loss_sum) / steps_per_epoch  # the epoch's one host sync
             epoch_seconds = time.perf_counter() - t0
             images_seen += steps_per_epoch * tc.batch_size
             train_seconds += epoch_seconds
 
-            model.eval()
+            eval_model.eval()
             t_val = time.perf_counter()
-            val_logits = predict_logits(model, x_val, tc.eval_batch_size, tc.amp)
+            val_logits = predict_logits(eval_model, x_val, tc.eval_batch_size, tc.amp, tta_flip=tc.tta_flip)
             val_loss = float(F.cross_entropy(val_logits, y_val)) if len(val) else float("nan")
             pred = val_logits.argmax(1).cpu().numpy()
             del val_logits
@@ -286,7 +329,7 @@ def fit(
             if metrics["val_macro_f1"] > best_f1:
                 best_f1, best_epoch = metrics["val_macro_f1"], epoch
                 # A device copy (cheap) until the next checkpoint writes it: best.pt is not written every epoch.
-                best_weights = {"model": {n: t.detach().clone() for n, t in model.state_dict().items()},
+                best_weights = {"model": {n: t.detach().clone() for n, t in eval_model.state_dict().items()},
                                 "metrics": metrics}
             patience_out = bool(tc.early_stopping_patience) and epoch - best_epoch >= tc.early_stopping_patience
             last_pt = None
@@ -319,7 +362,7 @@ def fit(
         # Drop every device tensor before leaving, even through an exception whose traceback keeps
         # this frame alive, then hand the cached blocks back to the driver (other trials on the GPU).
         x_train = y_train = soft_train = x_val = y_val = model = step_model = optimizer = scheduler = None
-        best_weights = None
+        ema = eval_model = best_weights = None
         release_device_memory(device)
 
     summary = {

@@ -218,7 +218,8 @@ LEADERBOARD_METRICS = ("deletion_auc", "insertion_auc", "randomization_spearman"
 
 def report_scores(report_dir: Path) -> dict[str, float]:
     """Test accuracy and macro-F1 (``test_summary.json``) and, per method, the explanation metrics
-    (``xai/metrics.json``) of one trial's report, as leaderboard columns (``gradcam:deletion_auc``, ...)."""
+    (``xai/metrics.json``) of one trial's report, as leaderboard columns (``gradcam:deletion_auc``, ...),
+    each beside its baselines (``gradcam:deletion_auc:random_maps``, ``...:randomized_model``)."""
     out: dict[str, float] = {}
     summary = report_dir / "test_summary.json"
     if summary.is_file():
@@ -229,9 +230,14 @@ def report_scores(report_dir: Path) -> dict[str, float]:
         for method, entry in json.loads(metrics.read_text()).items():
             if not isinstance(entry, dict):
                 continue
+            baselines = {"random_maps": entry.get("random_baseline") or {},
+                         "randomized_model": entry.get("randomized_model_baseline") or {}}
             for key in LEADERBOARD_METRICS:
                 if isinstance(entry.get(key), (int, float)):
                     out[f"{method}:{key}"] = entry[key]
+                    for name, values in baselines.items():
+                        if isinstance(values.get(key), (int, float)):
+                            out[f"{method}:{key}:{name}"] = values[key]
     return out
 
 

@@ -110,6 +110,7 @@ color:var(--ink);background:var(--bg)}
 header{background:linear-gradient(120deg,#1d2a4d,#2f6fdb);color:#fff;padding:28px 40px 22px}
 header h1{margin:0 0 4px;font-size:26px;font-weight:650;letter-spacing:-.01em}
 header p{margin:0;opacity:.85}
+header p.headline{margin-top:10px;opacity:1;font-size:16px;font-weight:550}
 nav{position:sticky;top:0;z-index:5;background:#fff;border-bottom:1px solid var(--line);padding:8px 40px;
 display:flex;gap:18px;flex-wrap:wrap;font-size:14px}
 nav a{color:var(--ink);text-decoration:none;font-weight:550}nav a:hover{color:var(--accent)}
@@ -207,7 +208,8 @@ def render(dest: Path, board: pd.DataFrame, chosen: pd.DataFrame) -> str:
         f"<title>{_e(name)}: xai-lab sweep report</title><style>{CSS}</style></head><body>",
         f"<header><h1>Sweep <em>{_e(name)}</em></h1><p>{len(board)} trials over {len(datasets)} dataset(s) "
         f"({_e(', '.join(datasets))}): {_e(summary)}. Ranked by best {_e(metric)} on the validation split; "
-        f"test metrics come from each trial's best checkpoint.</p></header>",
+        f"test metrics come from each trial's best checkpoint.</p>"
+        f"<p class='headline'>{_e(headline(dest, chosen))}</p></header>",
         "<nav><a href='#best'>Best models</a><a href='#comparison'>Comparison</a>"
         "<a href='#leaderboard'>Leaderboard</a>"
         + "".join(f"<a href='#ds-{_e(d)}'>{_e(d)}</a>" for d in datasets)
@@ -235,6 +237,88 @@ def render(dest: Path, board: pd.DataFrame, chosen: pd.DataFrame) -> str:
 def _summary(dest: Path, dataset: str, trial: str) -> dict | None:
     f = dest / "reports" / dataset / trial / "test_summary.json"
     return json.loads(f.read_text()) if f.is_file() else None
+
+
+def _explanation_metrics(dest: Path, dataset: str, trial: str) -> dict:
+    f = dest / "reports" / dataset / trial / "xai" / "metrics.json"
+    entries = json.loads(f.read_text()) if f.is_file() else {}
+    return {m: e for m, e in entries.items() if isinstance(e, dict)}
+
+
+def lead_method(entries: dict) -> str | None:
+    """The method whose maps are most the model's doing: one that beats the randomized model first, then
+    the largest lead over it in the pointing game (insertion AUC without masks)."""
+    def lead(item) -> tuple:
+        method, e = item
+        key = "pointing_game" if "pointing_game" in e else "insertion_auc"
+        gap = e.get(key, 0.0) - (e.get("randomized_model_baseline") or {}).get(key, 0.0)
+        return bool(e.get("beats_randomized_model")), gap
+    return max(entries.items(), key=lead)[0] if entries else None
+
+
+def headline(dest: Path, chosen: pd.DataFrame) -> str:
+    """One sentence, computed from the reports: how the best trial of each dataset did, and, with several
+    datasets, how much worse the others are than the best in accuracy and in explanation metrics."""
+    best = []
+    for d, rows in chosen.groupby("dataset", sort=False):
+        ok = rows[rows["report"] == "ok"]
+        summary = _summary(dest, d, ok.iloc[0]["trial_id"]) if not ok.empty else None
+        if summary:
+            best.append((d, summary, _explanation_metrics(dest, d, ok.iloc[0]["trial_id"])))
+    if not best:
+        return "No trial has a report yet."
+    best.sort(key=lambda b: -b[1]["accuracy"])
+    top, top_summary, top_metrics = best[0]
+    method = lead_method(top_metrics)
+    if len(best) == 1:
+        verdict = f"; {method} {top_metrics[method]['randomized_model_verdict']}" if (
+            method and "randomized_model_verdict" in top_metrics[method]) else ""
+        return f"The best {top} model reaches test accuracy {top_summary['accuracy']:.2f} on {top_summary['n']} " \
+               f"images{verdict}."
+    clauses = []
+    for d, summary, metrics in best[1:]:
+        gap = top_summary["accuracy"] - summary["accuracy"]
+        words = "visibly worse than" if gap >= 0.05 else "about as good as"
+        clause = f"{d} is {words} {top}: test accuracy {summary['accuracy']:.2f} against {top_summary['accuracy']:.2f}"
+        if method and method in metrics:
+            key = "pointing_game" if "pointing_game" in metrics[method] else "insertion_auc"
+            label = key.replace("_", " ").replace("auc", "AUC")
+            mine, theirs = metrics[method][key], top_metrics[method][key]
+            trend = "worse" if mine < theirs - 0.02 else ("better" if mine > theirs + 0.02 else "no worse")
+            clause += f", and {method}'s {label} is {trend} ({mine:.2f} against {theirs:.2f})"
+        clauses.append(clause)
+    return "; ".join(clauses) + "."
+
+
+METRIC_LABELS = {"deletion_auc": "deletion AUC ↓", "insertion_auc": "insertion AUC ↑",
+                 "randomization_spearman": "randomization ρ ↓", "pointing_game": "pointing game ↑",
+                 "mask_iou": "mask IoU ↑"}
+
+
+def _metrics_table(entries: dict) -> str:
+    """Each method's explanation metrics beside its two baselines, and the verdicts."""
+    if not entries:
+        return ""
+    keys = [k for k in METRIC_LABELS if any(k in e for e in entries.values())]
+    out = ["<h4>explanation metrics</h4><p class='note'>Each cell: the method, then (small) random maps · the "
+           "same method on the fully randomized model.</p><div class='scroll' style='max-width:900px'><table>"
+           "<thead><tr><th class='l'>method</th>"
+           + "".join(f"<th>{_e(METRIC_LABELS[k])}</th>" for k in keys) + "</tr></thead><tbody>"]
+    for method, e in entries.items():
+        cells = []
+        for k in keys:
+            rnd = (e.get("random_baseline") or {}).get(k)
+            rmod = (e.get("randomized_model_baseline") or {}).get(k)
+            base = " · ".join(_fmt(v, 2) for v in (rnd, rmod) if v is not None)
+            cells.append(f"<td>{_fmt(e.get(k))} <small class='note'>{_e(base)}</small></td>")
+        out.append(f"<tr><td class='l'>{_e(method)}</td>{''.join(cells)}</tr>")
+    out.append("</tbody></table></div><ul class='verdicts'>")
+    for method, e in entries.items():
+        for key in ("randomization_verdict", "randomized_model_verdict"):
+            if e.get(key):
+                out.append(f"<li><b>{_e(method)}</b> {_e(e[key])}.</li>")
+    out.append("</ul>")
+    return "".join(out)
 
 
 def _params(row, space: list[str], base_row=None) -> str:
@@ -429,6 +513,7 @@ def _trial_section(dest: Path, row: dict, full_row, space: list[str], base_row) 
         + "".join(_img(f"{folder}/{f}", label) for f, label in figs if (dest / folder / f).is_file())
         + "</div>"
     )
+    out.append(_metrics_table(_explanation_metrics(dest, d, t)))
     for method_dir in sorted((dest / folder / "xai").glob("*/")):
         if not method_dir.is_dir():
             continue

@@ -16,7 +16,9 @@ explain and returns one number per image (a tensor [B]); averaging is the caller
   the method shows the image (edges), not what the model learned.
 - :func:`pointing_game` (Zhang et al. 2016, arXiv:1608.00507) and :func:`mask_iou`: does
   the map point at the ground-truth mask of the parts that carry the expression (synthfaces)?
-- :func:`random_maps`: the reference for every score: maps of uniform noise.
+- :func:`random_maps` and :func:`randomized_copy`: the two references of every score: maps of
+  uniform noise, and the same method's maps on the fully randomized model (what the method shows
+  of the image alone, with nothing learned).
 """
 
 from __future__ import annotations
@@ -159,6 +161,18 @@ def cascading_randomization(model: nn.Module, seed: int = 0) -> Iterator[tuple[s
     for name in randomization_stages(randomized):
         reinitialise(randomized.get_submodule(name), gen)
         yield name, randomized
+
+
+def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` with every stage re-initialised: the cascade's last stage, the same weights.
+
+    The maps a method draws on it are the baseline that tells what a method shows of the image
+    alone: a barely trained network's gradients already light up high-contrast parts.
+    """
+    randomized = model
+    for _, randomized in cascading_randomization(model, seed):
+        pass
+    return randomized
 
 
 def randomization_test(

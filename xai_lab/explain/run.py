@@ -14,7 +14,10 @@ For each method (``explain.methods``, with its ``explain.<method>`` parameters),
 - metrics (:mod:`xai_lab.explain.metrics`) on ``explain.metrics.num_images`` images drawn
   at random (seeded), explained for the predicted class: deletion and insertion AUC, the
   cascading model-parameter randomization test and, when the data has ground-truth masks,
-  the pointing game and mask IoU; each beside the same metric for random maps.
+  the pointing game and mask IoU; each beside two baselines: the same metric for random maps, and
+  for the same method's maps on the fully randomized model (``randomized_model_baseline``; a method
+  whose maps localise as well with nothing learned shows the image, not the model:
+  ``beats_randomized_model`` and ``randomized_model_verdict`` say whether it does better).
   ``xai/metrics.json`` holds one entry per method (entries of methods not recomputed are
   kept), ``xai/metrics.md`` reads them out (with a verdict on the randomization test) and
   ``xai/metric_curves.png`` draws the deletion, insertion and randomization curves;
@@ -150,34 +153,63 @@ class _Explainer:
         return explain_batched(self.method, model, x, target, self.batch_size, **kw)
 
 
+def map_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+               masks: torch.Tensor | None, mc, batch_size: int) -> tuple[dict, dict]:
+    """Faithfulness to ``model`` (deletion, insertion) and, with masks, localisation (pointing game,
+    mask IoU) of ``maps``, the explanations of ``x`` for ``target``: (means, mean curves)."""
+    di = M.deletion_insertion(model, x, target, maps, mc.steps, batch_size, mc.seed)
+    out = {
+        "deletion_auc": float(di["deletion_auc"].mean()),
+        "insertion_auc": float(di["insertion_auc"].mean()),
+    }
+    if masks is not None:
+        out["pointing_game"] = float(M.pointing_game(maps, masks, mc.pointing_tolerance, mc.seed).mean())
+        out["mask_iou"] = float(M.mask_iou(maps, masks, mc.seed).mean())
+    return out, {"deletion": di["deletion"].mean(0).tolist(), "insertion": di["insertion"].mean(0).tolist()}
+
+
 def score_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
                masks: torch.Tensor | None, explain, mc, batch_size: int) -> tuple[dict, dict]:
-    """Every metric of ``maps`` (the explanations of ``x`` for ``target``): (means, curves).
+    """Every metric of ``maps`` (:func:`map_scores` and the randomization test): (means, curves).
 
     ``explain(model, x, target)`` recomputes maps on a randomized model; ``explain=None`` scores
     random maps against random maps (the randomization reference).
     """
-    di = M.deletion_insertion(model, x, target, maps, mc.steps, batch_size, mc.seed)
+    out, curves = map_scores(model, x, target, maps, masks, mc, batch_size)
     n_r = min(mc.randomization_images, len(x))
     if explain is None:
         other = M.random_maps(n_r, *maps.shape[-2:], seed=mc.seed + 1, device=maps.device)
         rand = {"all layers": M.spearman(maps[:n_r].abs(), other)}
     else:
         rand = M.randomization_test(lambda m: explain(m, x[:n_r], target[:n_r]), model, maps[:n_r], mc.seed)
-    out = {
-        "deletion_auc": float(di["deletion_auc"].mean()),
-        "insertion_auc": float(di["insertion_auc"].mean()),
-        "randomization_spearman": float(list(rand.values())[-1].mean()),
-    }
-    if masks is not None:
-        out["pointing_game"] = float(M.pointing_game(maps, masks, mc.pointing_tolerance, mc.seed).mean())
-        out["mask_iou"] = float(M.mask_iou(maps, masks, mc.seed).mean())
-    curves = {
-        "deletion": di["deletion"].mean(0).tolist(),
-        "insertion": di["insertion"].mean(0).tolist(),
-        "randomization": {name: float(rho.mean()) for name, rho in rand.items()},
-    }
+    out["randomization_spearman"] = float(list(rand.values())[-1].mean())
+    curves["randomization"] = {name: float(rho.mean()) for name, rho in rand.items()}
     return out, curves
+
+
+def randomized_model_verdict(entry: dict, margin: float) -> tuple[bool, str]:
+    """Whether the method's maps are the trained model's doing, judged against the same method on the
+    fully randomized model: (passed, one sentence).
+
+    With masks: the pointing game beats the randomized model's by ``margin`` and insertion AUC beats
+    both baselines. Without masks: insertion AUC beats both baselines.
+    """
+    rnd, rmod = entry["random_baseline"], entry["randomized_model_baseline"]
+    ins, ins_rnd, ins_rmod = entry["insertion_auc"], rnd["insertion_auc"], rmod["insertion_auc"]
+    insertion_ok = ins > max(ins_rnd, ins_rmod)
+    insertion = f"insertion AUC {ins:.2f} against {ins_rnd:.2f} (random maps) and {ins_rmod:.2f} (randomized model)"
+    if "pointing_game" not in entry:
+        if insertion_ok:
+            return True, f"is faithful to the trained model beyond both baselines ({insertion})"
+        return False, f"is no more faithful than a baseline ({insertion})"
+    pg, pg_rmod = entry["pointing_game"], rmod["pointing_game"]
+    pointing = f"pointing game {pg:.2f} against {pg_rmod:.2f} on the randomized model"
+    if pg >= pg_rmod + margin and insertion_ok:
+        return True, f"points at the expression parts because of what the model learned ({pointing}; {insertion})"
+    if pg < pg_rmod + margin:
+        return False, (f"points at the masks nearly as well (or better) with nothing learned ({pointing}, "
+                       f"a margin under {margin:.2f}): the image, not the model, explains its localisation")
+    return False, f"localises, but its pixel order is no more faithful than a baseline's ({insertion})"
 
 
 def randomization_verdict(rho: float, threshold: float) -> str:
@@ -188,21 +220,31 @@ def randomization_verdict(rho: float, threshold: float) -> str:
 
 
 def metrics_markdown(entries: dict) -> str:
-    """``xai/metrics.md``: every method's metrics beside the random-map baseline, and the verdicts."""
+    """``xai/metrics.md``: every method's metrics beside both baselines, and the verdicts."""
     keys = [k for k in METRIC_KEYS if any(k in e for e in entries.values())]
     arrows = {"deletion_auc": "lower is better", "insertion_auc": "higher is better",
               "randomization_spearman": "lower is better", "pointing_game": "higher is better",
               "mask_iou": "higher is better"}
     lines = ["# Explanation metrics", "",
-             "Each cell: the method's value, then the same metric for random maps (in brackets).", "",
+             "Each cell: the method's value, then in brackets the same metric for random maps and for the "
+             "same method on the fully randomized model (the maps scored against the trained model).", "",
              "| method | " + " | ".join(f"{k} ({arrows[k]})" for k in keys) + " |",
              "|---|" + "---|" * len(keys)]
     for method, e in entries.items():
-        cells = [f"{e[k]:.3f} ({e['random_baseline'][k]:.3f})" if k in e else "" for k in keys]
+        cells = []
+        for k in keys:
+            if k not in e:
+                cells.append("")
+                continue
+            rmod = e.get("randomized_model_baseline", {}).get(k)
+            cells.append(f"{e[k]:.3f} ({e['random_baseline'][k]:.3f}" + (f" / {rmod:.3f})" if rmod is not None
+                                                                          else ")"))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines.append("")
     for method, e in entries.items():
         lines.append(f"- **{method}** {e['randomization_verdict']}.")
+        if "randomized_model_verdict" in e:
+            lines.append(f"- **{method}** {e['randomized_model_verdict']}.")
     first = next(iter(entries.values()))
     lines += ["", f"Split `{first['split']}`, {first['n_images']} images ({first['n_randomization_images']} in the "
               f"randomization cascade), explained for the predicted class. Target layer of the Grad-CAM family: "
@@ -218,7 +260,9 @@ def explanation_summary(entries: dict) -> dict:
         "n_images": first["n_images"],
         "target_layer": first["target_layer"],
         "cam_grid": first["cam_grid"],
-        "methods": {m: {**{k: e[k] for k in METRIC_KEYS if k in e}, "randomization_passed": e["randomization_passed"]}
+        "methods": {m: {**{k: e[k] for k in METRIC_KEYS if k in e}, "randomization_passed": e["randomization_passed"],
+                        "randomized_model_baseline": e.get("randomized_model_baseline", {}),
+                        "beats_randomized_model": e.get("beats_randomized_model")}
                     for m, e in entries.items()},
         "random_baseline": {k: v for k, v in first["random_baseline"].items()},
     }
@@ -315,7 +359,7 @@ def explain_run(
     entries: dict[str, dict] = {}
     curves: dict[str, dict] = {}
     compare: dict[str, dict[str, np.ndarray]] = {g: {} for g in galleries}
-    random_baseline = random_curves = None
+    random_baseline = random_curves = randomized = None
     xai = report_dir / "xai"
     for method in ec.methods:
         t0 = time.perf_counter()
@@ -364,12 +408,16 @@ def explain_run(
             if random_baseline is None:
                 rmaps = M.random_maps(len(scored), *maps_req.shape[-2:], seed=mc.seed, device=dev)
                 random_baseline, random_curves = score_maps(model, x_s, t_s, rmaps, masks, None, mc, ec.batch_size)
+                randomized = M.randomized_copy(model, mc.seed)
+            randomized_baseline, _ = map_scores(model, x_s, t_s, explainer(randomized, x_s, t_s), masks, mc,
+                                                ec.batch_size)
             rho = entry["randomization_spearman"]
             entry.update(
                 randomization_passed=bool(rho < mc.randomization_threshold),
                 randomization_verdict=randomization_verdict(rho, mc.randomization_threshold),
                 randomization_curve=curves[method]["randomization"],
                 random_baseline=dict(random_baseline),
+                randomized_model_baseline=randomized_baseline,
                 split=ec.split, n_images=int(len(scored)), n_randomization_images=min(mc.randomization_images,
                                                                                     len(scored)),
                 target="predicted class",
@@ -377,6 +425,8 @@ def explain_run(
                 cam_grid=grid, params=params, seconds_maps=round(seconds_maps, 3),
                 seconds_total=round(time.perf_counter() - t0, 3),
             )
+            passed, verdict = randomized_model_verdict(entry, mc.randomized_margin)
+            entry.update(beats_randomized_model=passed, randomized_model_verdict=verdict)
             entries[method] = entry
             log.info("%s: deletion %.3f insertion %.3f randomization rho %.3f%s", method, entry["deletion_auc"],
                      entry["insertion_auc"], rho,

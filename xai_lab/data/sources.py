@@ -26,6 +26,7 @@ import pandas as pd
 
 from xai_lab.config import DataConfig
 from xai_lab.data.decode import MASK_SUFFIX, Decoded, decode_files, decode_pixels
+from xai_lab.data.synthfaces import MIN_INTENSITY
 from xai_lab.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm")
@@ -218,9 +219,12 @@ class SynthFacesSource(Source):
 
     def _base(self, data: DataConfig) -> str:
         s = data.synthfaces
-        if (s.n_per_class, s.label_noise, s.seed) == (300, 0.0, 0):
+        if (s.n_per_class, s.label_noise, s.seed, s.min_intensity, data.image_size) == (300, 0.0, 0, MIN_INTENSITY, 48):
             return "synthfaces"
-        return f"synthfaces_n{s.n_per_class}_noise{s.label_noise:g}_seed{s.seed}"
+        # the knobs that change the pixels or labels name the folder, so no two sets share one
+        easier = f"_int{s.min_intensity:g}" if s.min_intensity != MIN_INTENSITY else ""
+        size = f"_{data.image_size}px" if data.image_size != 48 else ""
+        return f"synthfaces_n{s.n_per_class}_noise{s.label_noise:g}_seed{s.seed}{easier}{size}"
 
     def default_root(self, data: DataConfig) -> str:
         return f"data/raw/{self._base(data)}"
@@ -239,7 +243,8 @@ class SynthFacesSource(Source):
             raise UserError(f"{root} exists but holds no synthfaces labels.csv; remove it or set data.root")
         s = data.synthfaces
         faces = synthfaces.generate(
-            n_per_class=s.n_per_class, label_noise=s.label_noise, seed=s.seed, size=data.image_size
+            n_per_class=s.n_per_class, label_noise=s.label_noise, seed=s.seed, size=data.image_size,
+            min_intensity=s.min_intensity,
         )
         if root.exists():
             root.rmdir()

@@ -281,11 +281,13 @@ def headline(dest: Path, chosen: pd.DataFrame) -> str:
         words = "visibly worse than" if gap >= 0.05 else "about as good as"
         clause = f"{d} is {words} {top}: test accuracy {summary['accuracy']:.2f} against {top_summary['accuracy']:.2f}"
         if method and method in metrics:
-            key = "pointing_game" if "pointing_game" in metrics[method] else "insertion_auc"
-            label = key.replace("_", " ").replace("auc", "AUC")
-            mine, theirs = metrics[method][key], top_metrics[method][key]
-            trend = "worse" if mine < theirs - 0.02 else ("better" if mine > theirs + 0.02 else "no worse")
-            clause += f", and {method}'s {label} is {trend} ({mine:.2f} against {theirs:.2f})"
+            keys = [k for k in ("pointing_game", "insertion_auc") if k in metrics[method] and k in top_metrics[method]]
+            diffs = [metrics[method][k] - top_metrics[method][k] for k in keys]
+            trend = "worse" if all(d < -0.02 for d in diffs) else (
+                "mixed" if any(d < -0.02 for d in diffs) else "no worse")
+            scores = ", ".join(f"{k.replace('_', ' ').replace('auc', 'AUC')} {metrics[method][k]:.2f} against "
+                               f"{top_metrics[method][k]:.2f}" for k in keys)
+            clause += f"; {method}'s explanations are {trend} ({scores})"
         clauses.append(clause)
     return "; ".join(clauses) + "."
 

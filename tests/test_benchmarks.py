@@ -81,3 +81,27 @@ def test_bad_levels_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         load("packing").main(["--levels", "0,2"])
     assert e.value.code == 2 and "--levels" in capsys.readouterr().err
+
+
+def test_fer_recipe_smoke(capsys):
+    """The FER recipe on the FER2013 and FER+ samples: one JSON line per dataset, then the summary line."""
+    returned = load("fer_recipe").main(["--smoke"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert lines[-1] == json.loads(json.dumps(returned))
+    assert returned["benchmark"] == "fer_recipe" and returned["settings"]["smoke"] is True
+    rows = [line for line in lines if "dataset" in line]
+    assert [r["dataset"] for r in rows] == ["fer2013", "ferplus"] and rows == returned["results"]
+    for row in rows:
+        assert 0 <= row["test_accuracy"] <= 1 and 0 <= row["test_macro_f1"] <= 1, row
+        assert row["train_seconds"] > 0 and row["epochs"] == 1 and row["n_test"] > 0
+        assert row["config"]["tta_flip"] and row["config"]["ema_decay"] > 0 and row["config"]["stem"] == "small"
+    assert "train.scheduler=onecycle" in returned["settings"]["recipe"]
+
+
+def test_fer_recipe_missing_dataset_is_one_line_and_exit_2(capsys, tmp_path):
+    missing = tmp_path / "nonexistent"
+    with pytest.raises(SystemExit) as e:
+        load("fer_recipe").main(["--fer2013-root", str(missing), "--datasets", "fer2013"])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and str(missing) in err and "kaggle" in err.lower()

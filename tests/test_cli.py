@@ -64,7 +64,7 @@ def test_run_ids_are_unique(smoke_run, capsys):
     [
         (["train", "--config", "nope.yaml"], "config file not found: nope.yaml"),
         (["train", "--config", EXP, "train.epoch=3"], "unknown config key 'train.epoch'"),
-        (["train", "--config", EXP, "model.depth=101"], "'model.depth' must be one of 8, 14, 18, 20, 32, 34, 44, 50, 56"),
+        (["train", "--config", EXP, "model.depth=101"], "'model.depth' must be one of 8, 14, 18, 20, 32"),
         (["evaluate", "--run-dir", "artifacts/runs/none"], "run folder not found"),
         (["explain", "--run-dir", "RUN", "--methods", "magic"], "unknown explanation method 'magic'"),
         (["evaluate", "--run-dir", "RUN", "model.depth=50"], "cannot change a trained run"),
@@ -117,6 +117,10 @@ def test_explain_writes_metrics_grids_class_means_and_the_summary(smoke_run):
     for method, entry in metrics.items():
         keys = ("deletion_auc", "insertion_auc", "randomization_spearman", "pointing_game", "mask_iou")
         assert all(k in entry and k in entry["random_baseline"] for k in keys), method
+        # the same method on the fully randomized model, for every faithfulness and localisation metric
+        assert set(entry["randomized_model_baseline"]) == {"deletion_auc", "insertion_auc", "pointing_game",
+                                                           "mask_iou"}, method
+        assert isinstance(entry["beats_randomized_model"], bool) and entry["randomized_model_verdict"]
         assert 0 <= entry["deletion_auc"] <= 1 and 0 <= entry["pointing_game"] <= 1
         assert entry["target_layer"] == "backbone.layer4.1" and entry["cam_grid"] == [2, 2]
         assert list(entry["randomization_curve"])[-1] == "backbone.conv1"

@@ -271,3 +271,34 @@ def test_selection_picks_misclassified_and_per_class():
     labels = np.array([0, 0, 1, 1])
     assert select_misclassified(probs, labels, 5).tolist() == [1, 3]  # most confident mistake first
     assert [a.tolist() for a in select_per_class(probs, labels, 1, 2)] == [[0], [2]]
+
+
+def test_randomized_copy_is_the_cascade_s_last_stage_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="resnet8", input_size=32), 7).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    randomized = M.randomized_copy(model, seed=3)
+    *_, (_, last) = M.cascading_randomization(model, seed=3)
+    pairs = zip(randomized.state_dict().values(), last.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not torch.equal(randomized.backbone.conv1.weight, model.backbone.conv1.weight)
+
+
+def _entry(pg, pg_rmod, ins=0.8, ins_rnd=0.5, ins_rmod=0.6):
+    return {"pointing_game": pg, "insertion_auc": ins, "random_baseline": {"insertion_auc": ins_rnd},
+            "randomized_model_baseline": {"pointing_game": pg_rmod, "insertion_auc": ins_rmod}}
+
+
+def test_a_method_must_beat_the_randomized_model_to_be_the_model_s_doing():
+    from xai_lab.explain.run import randomized_model_verdict
+
+    passed, text = randomized_model_verdict(_entry(0.9, 0.3), margin=0.25)
+    assert passed and "because of what the model learned" in text and "0.90 against 0.30" in text
+    # localises as well with nothing learned: the image, not the model (the saliency case on synthfaces)
+    passed, text = randomized_model_verdict(_entry(0.94, 0.85), margin=0.25)
+    assert not passed and "the image, not the model" in text
+    passed, text = randomized_model_verdict(_entry(0.9, 0.3, ins=0.55), margin=0.25)  # below the randomized model
+    assert not passed and "no more faithful" in text
+    no_masks = {k: v for k, v in _entry(0.9, 0.3).items() if k != "pointing_game"}
+    assert randomized_model_verdict(no_masks, margin=0.25)[0]

@@ -228,7 +228,7 @@ class ExplainMetricsConfig:
     randomization_images: int = _bounded(8, 1)  # of those, how many go through the randomization cascade
     randomization_threshold: float = _bounded(0.5, -1.0, 1.0)  # a method fails when rho stays >= this
     pointing_tolerance: int = _bounded(0, 0)  # px the mask is grown by for the pointing game
-    randomized_margin: float = _bounded(0.25, 0.0, 1.0)  # pointing game a method must beat its randomized-model value by
+    randomized_margin: float = _bounded(0.25, 0.0, 1.0)  # pointing-game lead needed over the randomized model
     seed: int = 0  # image draw, tie-breaking, random maps and randomized weights
 
 

@@ -169,9 +169,7 @@ def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     The maps a method draws on it are the baseline that tells what a method shows of the image
     alone: a barely trained network's gradients already light up high-contrast parts.
     """
-    randomized = model
-    for _, randomized in cascading_randomization(model, seed):
-        pass
+    *_, (_, randomized) = cascading_randomization(model, seed)
     return randomized
 
 

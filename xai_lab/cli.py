@@ -202,12 +202,16 @@ def cmd_explain(args: argparse.Namespace) -> None:
     report = _report(run_dir, args.out)
     print(f"wrote {sum(map(len, result.values()))} explanations to {report}/xai/")
     for method, entry in result.metrics.items():
-        scores = ", ".join(f"{k} {entry[k]:.3f} (random {entry['random_baseline'][k]:.3f})"
-                           for k in ("deletion_auc", "insertion_auc", "randomization_spearman", "pointing_game",
-                                     "mask_iou") if k in entry)
+        def baselines(k: str, e: dict = entry) -> str:
+            rmod = e["randomized_model_baseline"].get(k)
+            return f"random {e['random_baseline'][k]:.3f}" + (f", randomized model {rmod:.3f}" if rmod is not None
+                                                              else "")
+        scores = ", ".join(f"{k} {entry[k]:.3f} ({baselines(k)})" for k in ("deletion_auc", "insertion_auc",
+                           "randomization_spearman", "pointing_game", "mask_iou") if k in entry)
         print(f"{method}: {scores}")
         if not entry["randomization_passed"]:
             print(f"{method} {entry['randomization_verdict']}")
+        print(f"{method} {entry['randomized_model_verdict']}")
     if result.metrics:
         print(f"metrics: {report}/xai/metrics.json and metrics.md")
 

@@ -171,11 +171,11 @@ def load_sweep(
     """
     path = Path(path)
     raw = read_yaml(path)
+    keys = ", ".join(f.name for f in dataclasses.fields(SweepConfig))
+    if raw is None or raw == {}:
+        raise UserError(f"{path} is empty: a sweep names its experiments, space, search, ... (keys: {keys})")
     if not isinstance(raw, dict):
-        raise UserError(
-            f"{path} must be a mapping with keys: "
-            f"{', '.join(f.name for f in dataclasses.fields(SweepConfig))}"
-        )
+        raise UserError(f"{path} must be a mapping with keys: {keys}; got a {type(raw).__name__}")
     raw = copy.deepcopy(raw)
     raw["experiments"] = [{"config": e} if isinstance(e, str) else e for e in raw.get("experiments") or []]
     space = raw.pop("space", None) or {}
@@ -200,6 +200,7 @@ def load_sweep(
             ref.overrides = [*ref.overrides, *extra]
     _check_name(cfg.name)
     _check_resources(cfg)
+    _check_scheduler(cfg.scheduler)
     bases = base_experiments(cfg)
     check_space(cfg.space, bases)
     if cfg.search.evaluate_base_first:
@@ -236,6 +237,14 @@ def _find_file(ref: str, sweep: Path) -> Path:
 def _check_name(name: str) -> None:
     if not name or "/" in name or name.startswith("."):
         raise UserError(f"sweep key 'name' must be a plain folder name, got {name!r}")
+
+
+def _check_scheduler(scheduler: SchedulerConfig) -> None:
+    if scheduler.type == "asha" and scheduler.grace_period > scheduler.max_epochs:
+        raise UserError(
+            f"sweep key 'scheduler.grace_period' ({scheduler.grace_period}) must be <= scheduler.max_epochs "
+            f"({scheduler.max_epochs}): ASHA cannot stop a trial before it has run its grace period"
+        )
 
 
 def _check_resources(cfg: SweepConfig) -> None:

@@ -90,6 +90,8 @@ class AuditConfig:
     near_duplicate_distance: int = _bounded(6, 0, 64)  # candidates: pHashes (64 bits) at most this far apart
     near_duplicate_pixel_delta: float = _bounded(6.0, 0.0, 255.0)  # confirmed: mean |gray difference| <= this
     brightness_delta: float = _bounded(25.0, 0.0, 255.0)  # flag a class whose mean brightness is this far off
+    split_shift_effect: float = _bounded(0.33, 0.0, 1.0)  # split shift: |Cliff's delta| or total variation >= this
+    split_shift_alpha: float = _bounded(0.01, 0.0, 1.0)  # ... and Bonferroni-corrected p (Mann-Whitney U, chi2) < this
     max_examples: int = _bounded(20, 0)  # examples listed per finding in audit.json / audit.md
 
 
@@ -503,10 +505,11 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     """
     path = Path(path)
     top = read_yaml(path)
-    if top is None:
-        top = {}
+    if top is None or top == {}:
+        raise UserError(f"{path} is empty: an experiment names its sections ({', '.join(SECTIONS)})")
     if not isinstance(top, dict):
-        raise UserError(f"{path} must be a mapping of sections ({', '.join(SECTIONS)})")
+        raise UserError(f"{path} must be a mapping of sections ({', '.join(SECTIONS)}); "
+                        f"got a {type(top).__name__}")
     values: dict[str, Any] = {}
     for section, ref in top.items():
         if section not in SECTIONS:

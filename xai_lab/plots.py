@@ -27,12 +27,33 @@ CURVES = {
 
 
 def read_train_log(run_dir: Path) -> list[dict]:
+    """The rows of ``<run_dir>/train_log.jsonl`` (one JSON object per finished epoch), in order.
+
+    The one reader of the file. ``fit`` appends a line per epoch, so a crash can leave the last
+    line torn: an unparseable last line is skipped. A bad line anywhere else is a UserError that
+    names the file and the line.
+    """
     path = Path(run_dir) / "train_log.jsonl"
     try:
-        lines = path.read_text().splitlines()
+        text = path.read_text(errors="replace")
     except FileNotFoundError:
         raise UserError(f"no train_log.jsonl in {run_dir}: the run has not finished an epoch") from None
-    return [json.loads(line) for line in lines if line.strip()]
+    numbered = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    rows = []
+    for k, (lineno, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if k == len(numbered) - 1:  # torn by a crash mid-write: that epoch never finished logging
+                break
+            raise UserError(f"{path}, line {lineno}: not a JSON object; each line must be one epoch's "
+                            "metrics as JSON (only a torn last line is skipped)") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}, line {lineno}: not a JSON object; each line must be one epoch's metrics as JSON")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"no finished epoch in {path}: the run has not finished an epoch")
+    return rows
 
 
 def save_figure(fig: plt.Figure, path: Path, dpi: int = 120) -> None:

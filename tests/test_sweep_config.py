@@ -212,3 +212,24 @@ def test_auto_gpu_fraction_packs_small_trials_and_gives_big_ones_a_gpu():
     assert pack(50, 48) == 0.5
     assert pack(34, 112) == pack(50, 112) == 1.0
     assert pack(20, 48) == pack(56, 32) == 0.25 and pack(56, 64) == 0.5  # CIFAR-style: FLOPs per image
+
+
+def test_a_space_samples_model_name_or_depth(in_tmp, tmp_path):
+    from sweeps.config import trial_config
+    from xai_lab.config import to_dict
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(
+        f"experiments: [{ROOT / 'configs/experiments/exp003_resnet20_synthfaces_clear.yaml'}]\n"
+        "space:\n  model.name: {type: categorical, choices: [resnet20, resnet8, resnet18]}\n")
+    cfg = load_sweep(sweep)
+    (base,) = base_experiments(cfg).values()
+    for name, depth in (("resnet8", 8), ("resnet18", 18)):
+        model = trial_config(to_dict(base), {"model.name": name}).model
+        assert (model.name, model.depth) == (name, depth)
+    model = trial_config(to_dict(base), {"model.depth": 14}).model  # the shorthand replaces the base's name
+    assert (model.name, model.depth) == ("resnet14", 14)
+    sweep.write_text(sweep.read_text().replace("model.name: {type: categorical, choices: [resnet20, resnet8, resnet18]}",
+                                               "model.depth: {type: categorical, choices: [20, 19]}"))
+    with pytest.raises(UserError, match=r"space.model.depth.*value 19 fails.*'model.depth' must be one of"):
+        load_sweep(sweep)

@@ -229,7 +229,7 @@ def test_a_space_samples_model_name_or_depth(in_tmp, tmp_path):
         assert (model.name, model.depth) == (name, depth)
     model = trial_config(to_dict(base), {"model.depth": 14}).model  # the shorthand replaces the base's name
     assert (model.name, model.depth) == ("resnet14", 14)
-    sweep.write_text(sweep.read_text().replace("model.name: {type: categorical, choices: [resnet20, resnet8, resnet18]}",
-                                               "model.depth: {type: categorical, choices: [20, 19]}"))
+    old = "model.name: {type: categorical, choices: [resnet20, resnet8, resnet18]}"
+    sweep.write_text(sweep.read_text().replace(old, "model.depth: {type: categorical, choices: [20, 19]}"))
     with pytest.raises(UserError, match=r"space.model.depth.*value 19 fails.*'model.depth' must be one of"):
         load_sweep(sweep)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -89,3 +91,10 @@ def test_resolved_config_round_trips(in_tmp):
     assert saved["train"]["epochs"] == 4 and set(saved) == set(to_dict(cfg))
     with pytest.raises(UserError, match="unknown config key 'train.bogus'"):
         from_dict({**saved, "train": {**saved["train"], "bogus": 1}})
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs" / "experiments").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_experiment_loads_strictly(path):
+    cfg = load_experiment(path)
+    assert cfg.model.name and cfg.model.depth  # the registry resolved the model

@@ -26,14 +26,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from xai_lab.cli import SMOKE_PER_CLASS
 from xai_lab.config import (
     SECTIONS,
     ExperimentConfig,
+    ModelConfig,
     apply_overrides,
     build_dataclass,
     from_dict,
@@ -84,6 +88,7 @@ class SearchConfig:
     multivariate: bool = True
     n_startup_trials: int = field(default=5, metadata={"min": 0})
     evaluate_base_first: bool = True
+    # Ranks the trials. Only val_macro_f1/max: the fan-out evaluates best.pt, which fit selects on it.
     metric: str = "val_macro_f1"
     mode: Literal["max", "min"] = "max"
 
@@ -155,6 +160,18 @@ SMOKE_SWEEP = [
     "fanout.eval_max_images=64",
 ]
 
+# The metric and mode fit selects a run's best.pt on (xai_lab.train.fit): the only ranking whose best trial's
+# checkpoint is the epoch the ranking saw.
+CHECKPOINT_METRIC, CHECKPOINT_MODE = "val_macro_f1", "max"
+
+# --smoke narrows these space keys to the cheapest trial (see smoke_space): together they set a trial's
+# compute per image (trial_work). train.batch_size is left alone: on a dozen images per class an epoch
+# passes over the training images once whatever the batch.
+SMOKE_MODEL_KEYS = ("model.name", "model.depth", "model.stem", "model.input_size", "model.width")
+# ... and pins these to the smoke value: one epoch, a dozen images per class, no compilation.
+SMOKE_PINNED = {"train.epochs": 1, "train.compile": False, "data.limit_per_class": SMOKE_PER_CLASS,
+                "data.synthfaces.n_per_class": SMOKE_PER_CLASS}
+
 
 def load_sweep(
     path: str | Path, overrides: list[str] | tuple[str, ...] = (), smoke: bool = False
@@ -201,6 +218,11 @@ def load_sweep(
     _check_name(cfg.name)
     _check_resources(cfg)
     _check_scheduler(cfg.scheduler)
+    _check_metric(cfg.search)
+    if smoke:  # the full space is checked first: its errors name its own values
+        full = base_experiments(cfg)
+        check_space(cfg.space, full)
+        smoke_space(cfg, full)
     bases = base_experiments(cfg)
     check_space(cfg.space, bases)
     if cfg.search.evaluate_base_first:
@@ -245,6 +267,17 @@ def _check_scheduler(scheduler: SchedulerConfig) -> None:
             f"sweep key 'scheduler.grace_period' ({scheduler.grace_period}) must be <= scheduler.max_epochs "
             f"({scheduler.max_epochs}): ASHA cannot stop a trial before it has run its grace period"
         )
+
+
+def _check_metric(search: SearchConfig) -> None:
+    """The ranking must be the one best.pt is chosen by: the fan-out reports each trial's best.pt."""
+    why = (f"the fan-out evaluates each trial's best.pt, which is its epoch with the best {CHECKPOINT_METRIC} "
+           "(xai_lab.train.fit)")
+    if search.metric != CHECKPOINT_METRIC:
+        raise UserError(f"sweep key 'search.metric' must be {CHECKPOINT_METRIC}, got {search.metric!r}: {why}")
+    if search.mode != CHECKPOINT_MODE:
+        raise UserError(f"sweep key 'search.mode' must be {CHECKPOINT_MODE} for search.metric {CHECKPOINT_METRIC}, "
+                        f"got {search.mode!r}: {why}")
 
 
 def _check_resources(cfg: SweepConfig) -> None:
@@ -402,6 +435,78 @@ def base_point(space: dict[str, ParamSpec], base: ExperimentConfig) -> dict[str,
             )
         point[key] = value
     return point
+
+
+def trial_work(model: ModelConfig) -> float:
+    """A trial's compute per image against ResNet18 with the ImageNet stem at 48 px (= 1): --smoke's cost rule.
+
+    :func:`xai_lab.models.work_per_image` (the model's FLOPs per image at 48 px times ``(input_size / 48)^2``),
+    times 16 for the ``small`` stem of resnet18/34/50 (a 3x3 stride-1 conv without max-pool: the body runs on
+    maps 4x wider and 4x taller than after the ImageNet stem's 7x7/2 conv and max-pool), times
+    ``(width / 16)^2`` for a CIFAR-style ResNet's ``model.width`` (every conv's channels scale with it).
+    """
+    from xai_lab.models import get_spec, resolve_model_config, work_per_image
+
+    model = resolve_model_config(dataclasses.replace(model))
+    family = get_spec(model.name).family
+    work = work_per_image(model)
+    if family == "torchvision" and model.stem == "small":
+        work *= 16
+    if family == "cifar" and model.width:
+        work *= (model.width / 16) ** 2
+    return work
+
+
+def smoke_space(cfg: SweepConfig, bases: dict[str, ExperimentConfig]) -> None:
+    """``--smoke``: narrow ``cfg.space`` to its cheapest trial and set the base experiments to it (in place).
+
+    The keys of :data:`SMOKE_MODEL_KEYS` that the space samples become one-choice categoricals: of every
+    combination of their values (a categorical's choices; an int/float range's low end, its cheapest) that
+    every base accepts, the one whose :func:`trial_work` is least (the costliest dataset's, then the sum over
+    the datasets; ties go to the choice listed first). The keys of :data:`SMOKE_PINNED` that the space samples
+    become their smoke value. Every base experiment gets these values as overrides too, so the base point
+    lies inside the narrowed space and a parameter left inactive by its ``when`` costs no more. A ``when``
+    keeps the values still possible; a parameter none of whose ``when`` values can occur any more is dropped
+    (with the parameters conditioned on it): it is never suggested, and the trial takes the base's value.
+
+    Raises:
+        UserError: no combination of the model keys is accepted by every base experiment.
+    """
+    dicts = {name: to_dict(base) for name, base in bases.items()}
+    keys = [k for k in cfg.space if k in SMOKE_MODEL_KEYS]
+    options = [list(spec.choices) if spec.type == "categorical" else [spec.low] for spec in map(cfg.space.get, keys)]
+    cheapest: dict[str, Any] | None = None
+    least: tuple[float, float] | None = None
+    for combo in itertools.product(*options):
+        params = dict(zip(keys, combo, strict=True))
+        try:
+            works = [trial_work(trial_config(values, params).model) for values in dicts.values()]
+        except UserError:
+            continue  # e.g. a CIFAR-style depth with the ImageNet stem
+        if least is None or (max(works), sum(works)) < least:
+            cheapest, least = params, (max(works), sum(works))
+    if cheapest is None:
+        raise UserError(f"--smoke: no combination of the values of sweep keys {', '.join(f'space.{k}' for k in keys)} "
+                        f"is accepted by every base experiment of sweep '{cfg.name}'")
+    pinned = {**cheapest, **{k: v for k, v in SMOKE_PINNED.items() if k in cfg.space}}
+    for key, value in pinned.items():
+        cfg.space[key] = ParamSpec(type="categorical", choices=[value], when=cfg.space[key].when)
+    changed = True
+    while changed:  # drop parameters whose conditions can no longer hold, and those conditioned on them
+        changed = False
+        for key, spec in list(cfg.space.items()):
+            when = {}
+            for cond, values in spec.when.items():
+                parent = cfg.space.get(cond)
+                possible = [v for v in _as_list(values) if parent is not None and v in parent.choices]
+                when[cond] = values if len(possible) == len(_as_list(values)) else possible
+            if any(v == [] for v in when.values()):
+                del cfg.space[key]
+                changed = True
+            else:
+                spec.when = when
+    for ref in cfg.experiments:
+        ref.overrides = [*ref.overrides, *(f"{k}={json.dumps(v)}" for k, v in pinned.items())]
 
 
 class DefineByRun:

@@ -119,9 +119,14 @@ def _write(path: Path, data: bytes | str) -> None:
     atomic_write_with(path, lambda p: p.write_bytes(data if isinstance(data, bytes) else data.encode()))
 
 
+# Leaderboard statuses of a trial that ended by itself or was stopped (sweeps.leaderboard.trial_status): its
+# checkpoint's best.pt is final, so it may be reported. Not error, nor an unfinished trial of an interrupted sweep.
+FINISHED = ("completed", "early_stopped", "pruned")
+
+
 def select_top(board, top_k: int):
-    """The top-k finished trials (completed or pruned, with a checkpoint) of each dataset, by rank."""
-    ok = board[board["status"].isin(["completed", "pruned"]) & (board["checkpoint"] != "")]
+    """The top-k finished trials (completed, early_stopped or pruned, with a checkpoint) of each dataset, by rank."""
+    ok = board[board["status"].isin(FINISHED) & (board["checkpoint"] != "")]
     return ok.sort_values(["dataset", "rank"]).groupby("dataset", sort=False).head(top_k)
 
 

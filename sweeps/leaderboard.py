@@ -1,8 +1,8 @@
 """``leaderboard.csv``: one row per trial of every dataset, best first within each dataset.
 
 Columns: ``dataset``, ``rank`` (by ``score``, the best value of the sweep's metric), ``score``,
-``trial_id``, ``status`` (completed, pruned: stopped early by
-ASHA; error; or Tune's status for an unfinished trial), ``base`` (the base config), one
+``trial_id``, ``status`` (see :func:`trial_status`: completed, early_stopped, pruned, error, or
+Tune's status for an unfinished trial), ``base`` (the base config), one
 column per space key (``model.depth``, ...; empty where a conditional key was not
 sampled), best and final validation metrics, ``epochs_run``, ``wall_seconds``,
 ``images_per_second``, ``failures``, ``error``, ``trial_dir``, and ``report`` (ok, failed:
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeps.config import SweepConfig
+from sweeps.config import SchedulerConfig, SweepConfig
 from xai_lab.atomic import atomic_write_with
 
 METRIC_COLUMNS = [
@@ -52,6 +52,34 @@ def _creation_order(trial) -> int:
     return int(head) if head.isdigit() else 1 << 30
 
 
+def trial_status(tune_status: str, epochs_run: int, last_result: dict | None, scheduler: SchedulerConfig) -> str:
+    """A trial's ``status`` in the leaderboard.
+
+    * ``completed``: finished after ``scheduler.max_epochs`` epochs;
+    * ``early_stopped``: finished before, because ``fit`` stopped itself on
+      ``train.early_stopping_patience`` (its last result says ``early_stopped``; with FIFO, which
+      never stops a trial, any early end is fit's own);
+    * ``pruned``: finished before, stopped by ASHA;
+    * ``error``: failed more than ``max_failures`` times;
+    * anything else: Tune's status, lower-cased (``pending``, ``running``, ``paused``: unfinished).
+
+    Args:
+        tune_status: Tune's status of the trial (``TERMINATED``, ``ERROR``, ``RUNNING``, ...).
+        epochs_run: the last epoch it reported (0: none).
+        last_result: its last reported result (the trainable adds ``early_stopped`` to each).
+        scheduler: the sweep's scheduler (``type``, ``max_epochs``).
+    """
+    if tune_status == "ERROR":
+        return "error"
+    if tune_status != "TERMINATED":
+        return tune_status.lower()
+    if epochs_run >= scheduler.max_epochs:
+        return "completed"
+    if bool((last_result or {}).get("early_stopped")) or scheduler.type != "asha":
+        return "early_stopped"
+    return "pruned"
+
+
 def build_leaderboard(experiment_path: str, dataset: str, cfg: SweepConfig) -> tuple[pd.DataFrame, bool]:
     """Read a Tune experiment back into leaderboard rows.
 
@@ -70,12 +98,8 @@ def build_leaderboard(experiment_path: str, dataset: str, cfg: SweepConfig) -> t
         has = df is not None and not df.empty and metric in df
         last = trial.last_result or {}
         epochs = int(df["epoch"].max()) if has and "epoch" in df else 0
-        if trial.status == "TERMINATED":
-            status = "completed" if epochs >= cfg.scheduler.max_epochs else "pruned"
-        elif trial.status == "ERROR":
-            status = "error"
-        else:
-            status, unfinished = trial.status.lower(), True
+        status = trial_status(trial.status, epochs, last, cfg.scheduler)
+        unfinished |= trial.status not in ("TERMINATED", "ERROR")
         best = df.loc[df[metric].idxmax() if mode == "max" else df[metric].idxmin()] if has else None
         row = {
             "dataset": dataset,

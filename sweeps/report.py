@@ -140,6 +140,7 @@ tr.reported td{background:#f4f8ff}tr.failed td{background:#fdf0ee}
 .scroll{overflow-x:auto;border-radius:10px}
 .status{font-size:12px;border-radius:999px;padding:1px 8px}
 .s-completed{background:#e3f5ea;color:var(--good)}.s-pruned{background:#f2f2f2;color:var(--muted)}
+.s-early_stopped{background:#fdf3dc;color:#8a5a00}
 .s-error,.s-failed{background:#fbe3e0;color:var(--bad)}
 .bar{display:inline-block;height:8px;border-radius:4px;background:var(--accent);
 vertical-align:middle;margin-left:6px}

@@ -12,6 +12,10 @@ a ResNet18 checkpoint with its AdamW state is ~170 MB that Tune copies into stor
 
 Trials run with ``reuse_actors``: one Ray actor (one Python process with torch imported)
 runs trial after trial, so ``fit`` frees its GPU memory when a trial ends or is stopped.
+
+Every report carries ``early_stopped``: true at the epoch where ``fit`` stops itself because
+``train.early_stopping_patience`` epochs passed without a better val macro-F1 (fit's own rule,
+followed here epoch by epoch), so the leaderboard tells such a trial from one ASHA stopped.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,31 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+class PatienceWatch:
+    """``fit``'s early-stopping rule, followed from the metrics its callback gets.
+
+    ``fit`` stops after the epoch where ``epoch - best_epoch >= train.early_stopping_patience`` (0: never),
+    ``best_epoch`` being the first epoch with the best val macro-F1 (a strictly better one moves it).
+    The callback does not get ``best_epoch``, so this keeps its own, seeded from the rows of
+    ``train_log.jsonl`` when a trial resumes from a checkpoint.
+    """
+
+    def __init__(self, patience: int, max_epochs: int, rows: Iterable[dict[str, Any]] = ()):
+        self.patience, self.max_epochs = patience, max_epochs
+        self.best_f1, self.best_epoch = -1.0, 0
+        for row in rows:
+            self.update(row)
+
+    def update(self, metrics: dict[str, Any]) -> bool:
+        """Take one epoch's metrics (``epoch``, ``val_macro_f1``); True when ``fit`` stops after it on
+        patience before ``max_epochs`` (at ``max_epochs`` the trial has completed anyway)."""
+        epoch = int(metrics["epoch"])
+        if float(metrics["val_macro_f1"]) > self.best_f1:
+            self.best_f1, self.best_epoch = float(metrics["val_macro_f1"]), epoch
+        out = bool(self.patience) and epoch - self.best_epoch >= self.patience
+        return out and epoch < self.max_epochs
 
 
 def train_trial(
@@ -86,6 +116,12 @@ def train_trial(
         resume_from = run_dir / "last.pt"
         if not resume_from.is_file():
             return  # the final checkpoint (no last.pt): the trial had finished; its results are in
+    rows: list[dict[str, Any]] = []
+    if resume_from is not None and (run_dir / "train_log.jsonl").is_file():
+        from xai_lab.plots import read_train_log
+
+        rows = read_train_log(run_dir)  # the epochs up to the checkpoint: fit's best epoch so far
+    watch = PatienceWatch(cfg.train.early_stopping_patience, cfg.train.epochs, rows)
 
     wanted = set(checkpoint_epochs)
 
@@ -93,12 +129,14 @@ def train_trial(
         return epoch in wanted or (checkpoint_every > 0 and epoch % checkpoint_every == 0)
 
     def report(metrics: dict[str, Any], last_pt: Path | None) -> bool:
+        metrics = dict(metrics, early_stopped=watch.update(metrics))
         if last_pt is None:
             tune.report(metrics)
             return False
-        # After the last epoch nothing resumes the trial: its checkpoint is what the fan-out reads,
-        # without last.pt and its optimizer state (a ResNet18's 171 MB checkpoint becomes 43 MB).
-        final = metrics["epoch"] >= (max(checkpoint_epochs) if checkpoint_epochs else cfg.train.epochs)
+        # After the last epoch (or the one fit stops at on patience) nothing resumes the trial: its checkpoint
+        # is what the fan-out reads, without last.pt and its optimizer state (ResNet18: 171 MB becomes 43 MB).
+        final = metrics["early_stopped"] or metrics["epoch"] >= (
+            max(checkpoint_epochs) if checkpoint_epochs else cfg.train.epochs)
         with tempfile.TemporaryDirectory(prefix="xai-ckpt-") as tmp:
             for name in CHECKPOINT_FILES:
                 if final and name == "last.pt":

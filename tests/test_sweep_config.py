@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,12 @@ SPACE = """  train.sampler: {type: categorical, choices: [none, class_balanced]}
         (SPACE, "scheduler: {type: asha, max_epochs: 3, grace_period: 5}",
          r"'scheduler.grace_period' \(5\) must be <= scheduler.max_epochs \(3\)"),
         (SPACE, "resources: {cpu: -1}", r"'resources.cpu' must be >= 0 or auto, got -1"),
+        # the fan-out evaluates best.pt, fit's best val macro-F1 epoch: the ranking must be the same
+        (SPACE, "search: {metric: val_loss, mode: min}",
+         r"'search.metric' must be val_macro_f1, got 'val_loss': .*best.pt.*best val_macro_f1"),
+        (SPACE, "search: {metric: val_accuracy}", r"'search.metric' must be val_macro_f1, got 'val_accuracy'"),
+        (SPACE, "search: {mode: min}",
+         r"'search.mode' must be max for search.metric val_macro_f1, got 'min': .*best.pt"),
     ],
 )
 def test_bad_sweeps_name_the_key(tmp_path, monkeypatch, space, extra, pattern):
@@ -233,3 +240,106 @@ def test_a_space_samples_model_name_or_depth(in_tmp, tmp_path):
     sweep.write_text(sweep.read_text().replace(old, "model.depth: {type: categorical, choices: [20, 19]}"))
     with pytest.raises(UserError, match=r"space.model.depth.*value 19 fails.*'model.depth' must be one of"):
         load_sweep(sweep)
+
+
+# --smoke: every shipped sweep runs its cheapest trial, for one epoch on a dozen images per class.
+
+SMOKE_CHECKED = ("model.", "data.", "train.epochs", "train.compile")  # the space keys that set a trial's cost
+
+
+def _points(space: dict, keys: list[str]) -> list[dict]:
+    """Every combination of the values of ``keys``: a categorical's choices, both ends of a range."""
+    options = [s.choices if s.type == "categorical" else [s.low, s.high] for s in (space[k] for k in keys)]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*options)]
+
+
+def _cost_keys(space: dict) -> list[str]:
+    return [k for k in space if k.startswith(SMOKE_CHECKED)]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_smoke_runs_the_cheapest_trial_of_every_shipped_sweep(in_tmp, path):
+    from sweeps.config import trial_config, trial_work
+    from xai_lab.config import to_dict
+    from xai_lab.models import work_per_image
+
+    raw = yaml.safe_load(path.read_text())
+    refs = [e if isinstance(e, str) else e["config"] for e in raw["experiments"]]
+    missing = [r for r in refs if not (ROOT / r).is_file()]
+    if missing:
+        pytest.skip(f"{path.name} names experiments that land with the real-datasets issue: {missing}")
+    full = load_sweep(Path("configs/sweeps") / path.name)
+    smoke = load_sweep(Path("configs/sweeps") / path.name, smoke=True)
+    assert smoke.search.num_samples <= 2 and smoke.scheduler.max_epochs == 1
+    for key in _cost_keys(smoke.space):
+        assert len(smoke.space[key].choices) == 1, key  # narrowed to one value
+    full_bases, smoke_bases = base_experiments(full).values(), base_experiments(smoke).values()
+    for full_base, base in zip(full_bases, smoke_bases, strict=True):
+        least = float("inf")  # the cheapest trial the full space can produce
+        for point in _points(full.space, _cost_keys(full.space)):
+            try:
+                least = min(least, trial_work(trial_config(to_dict(full_base), point).model))
+            except UserError:
+                continue  # a combination the experiment refuses
+        for point in _points(smoke.space, _cost_keys(smoke.space)):
+            trial = trial_config(to_dict(base), point)  # every point of the smoke space is a valid trial
+            assert work_per_image(trial.model) <= 1.2  # ResNet18 (ImageNet stem) at 48 px is 1
+            # the cheapest of the full space; at most the FER bases' own ResNet18 with the small stem at 48 px
+            assert trial_work(trial.model) == pytest.approx(least) and trial_work(trial.model) <= 16
+            assert trial.train.epochs == 1 and not trial.train.compile
+            data = trial.data
+            per_class = data.synthfaces.n_per_class if data.source == "synthfaces" else data.limit_per_class
+            assert 0 < per_class <= 12, (data.source, per_class)
+        base_point(smoke.space, base)  # the base (evaluated first) lies inside the narrowed space
+
+
+def test_smoke_narrows_a_conditional_space_and_moves_the_base_into_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = (
+        "  model.depth: {type: categorical, choices: [34, 18, 50]}\n"
+        "  model.stem: {type: categorical, choices: [small, imagenet]}\n"
+        "  model.input_size: {type: int, low: 64, high: 112, step: 16}\n"
+        "  train.class_weighted_loss: {type: categorical, choices: [false, true], when: {model.stem: small}}\n"
+        "  train.label_smoothing: {type: float, low: 0.0, high: 0.2, when: {train.class_weighted_loss: true}}\n"
+        "  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true, when: {model.stem: [small, imagenet]}}\n"
+        "  train.batch_size: {type: categorical, choices: [8, 16]}\n"
+        "  train.epochs: {type: int, low: 2, high: 6}"
+    )
+    path = _sweep(tmp_path, space, "search: {evaluate_base_first: false}")  # the base's 48 px is outside
+    cfg = load_sweep(path, smoke=True)
+    spaces = {k: (s.type, s.choices, s.when) for k, s in cfg.space.items()}
+    assert spaces == {
+        "model.depth": ("categorical", [18], {}),
+        "model.stem": ("categorical", ["imagenet"], {}),
+        "model.input_size": ("categorical", [64], {}),  # the low end of the range
+        # class_weighted_loss needed the small stem, label_smoothing needed class_weighted_loss: dropped
+        "train.lr": ("float", [], {"model.stem": ["imagenet"]}),
+        "train.batch_size": ("categorical", [8, 16], {}),  # no cost on a dozen images per class: kept
+        "train.epochs": ("categorical", [1], {}),
+    }
+    (base,) = base_experiments(cfg).values()
+    assert (base.model.name, base.model.stem, base.model.input_size, base.train.epochs) == ("resnet18", "imagenet",
+                                                                                            64, 1)
+    assert base.data.limit_per_class == 12
+    point = base_point(cfg.space, base)
+    assert point == {"model.depth": 18, "model.stem": "imagenet", "model.input_size": 64, "train.lr": 0.002,
+                     "train.batch_size": 16, "train.epochs": 1}
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    for _ in range(4):
+        trial = study.ask()
+        DefineByRun(cfg.space)(trial)
+        assert set(trial.params) == set(point) and trial.params["model.input_size"] == 64
+        study.tell(trial, 0.5)
+
+
+def test_smoke_skips_combinations_the_experiment_refuses_and_counts_width(in_tmp, tmp_path):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(
+        f"experiments: [{ROOT / 'configs/experiments/exp003_resnet20_synthfaces_clear.yaml'}]\n"
+        "space:\n  model.name: {type: categorical, choices: [resnet20, resnet18, resnet8]}\n"
+        "  model.width: {type: categorical, choices: [32, 8]}\n"
+        "search: {evaluate_base_first: false}\n")
+    cfg = load_sweep(sweep, smoke=True)  # resnet18 refuses width 8 or 32; resnet8 at width 8 is cheapest
+    assert {k: s.choices for k, s in cfg.space.items()} == {"model.name": ["resnet8"], "model.width": [8]}
+    (base,) = base_experiments(cfg).values()
+    assert (base.model.name, base.model.width) == ("resnet8", 8)

@@ -125,6 +125,7 @@ def test_leaderboard_has_every_trial_base_first_and_the_retry(sweep, workdir):
     assert row["failures"] == 1 and row["status"] == "completed" and row["epochs_run"] == 2
     progress = pd.read_csv(Path(row["trial_dir"]) / "progress.csv")
     assert list(progress["epoch"]) == [1, 2]  # epoch 1 was not trained again
+    assert not progress["early_stopped"].any()  # each epoch says whether fit stopped on patience (off here)
 
 
 def test_tensorboard_scalars_and_hparams(sweep):
@@ -296,7 +297,7 @@ def test_resume_after_ctrl_c_keeps_finished_trials(ray_local, workdir):
         first = run_sweep(cfg, verbose=0, progress=False)
         assert first.interrupted
         before = pd.read_csv(first.leaderboard)
-        kept = before[before["status"].isin(["completed", "pruned"])]
+        kept = before[before["status"].isin(["completed", "early_stopped", "pruned"])]  # finished trials
         assert 1 <= len(kept) < 4
         kept_results = {
             t: (Path(d) / "result.json").read_text()
@@ -310,7 +311,7 @@ def test_resume_after_ctrl_c_keeps_finished_trials(ray_local, workdir):
         os.chdir(cwd)
     assert not second.interrupted
     after = pd.read_csv(second.leaderboard)
-    assert len(after) == 4 and set(after["status"]) <= {"completed", "pruned"}
+    assert len(after) == 4 and set(after["status"]) <= {"completed", "early_stopped", "pruned"}
     for trial, text in kept_results.items():  # finished trials were kept, not run again
         row = after[after["trial_id"] == trial].iloc[0]
         assert (Path(row["trial_dir"]) / "result.json").read_text() == text

@@ -1,9 +1,10 @@
 """The ``xai-lab`` command (also ``python -m xai_lab``).
 
 Verbs that start from an experiment take ``--config EXP``; verbs that work on a trained
-run take ``--run-dir DIR``. All accept dotted ``key=value`` overrides after the flags and
-``--smoke`` (the same work, tiny). Exit codes: 0 done, 2 bad input (one line on stderr),
-1 a bug.
+run take ``--run-dir DIR``; ``train --resume DIR`` continues a stopped run in place. All
+accept dotted ``key=value`` overrides after the flags and ``--smoke`` (the same work, tiny)
+but ``train --resume``, which allows a few overrides only. Exit codes: 0 done, 2 bad input
+(one line on stderr), 1 a bug.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ SMOKE_EXPLAIN = ["explain.num_each=2", "explain.per_class=1", "explain.class_mea
                  "explain.occlusion.stride=16"]
 SMOKE_PER_CLASS = 12
 SMOKE_EVAL_IMAGES = 64
+# The overrides train --resume takes: none changes what the run computes on the same kind of device
+# (on another kind, e.g. cpu -> cuda, the run continues with fresh random draws and other rounding).
+RESUME_OVERRIDES = ("run.device", "run.progress", "run.tensorboard")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,11 +150,72 @@ def cmd_cv(args: argparse.Namespace) -> None:
     print(f"-> {result['report_dir']}/cv_summary.json")
 
 
+def resume_run(args: argparse.Namespace) -> dict:
+    """``train --resume RUN_DIR``: continue a stopped run in its own folder from its ``last.pt``.
+
+    The run's saved ``config.yaml`` is used as it is, but for the overrides in :data:`RESUME_OVERRIDES`.
+    Model, EMA, optimizer, schedule, best epoch so far and the batch/augmentation/mixing generator
+    come from ``last.pt``, so on the same kind of device the run ends as it would have without the
+    stop. Rows of ``train_log.jsonl`` after the checkpoint's epoch (and a torn last line) are dropped first.
+
+    Raises:
+        UserError: no such run folder, no ``last.pt`` or an unreadable one, a run that already
+            finished (all epochs, or stopped by early stopping), ``--smoke``, or another override.
+    """
+    import json
+
+    from xai_lab.checkpoint import load_checkpoint
+    from xai_lab.config import apply_overrides, from_dict, load_saved, parse_override, to_dict
+    from xai_lab.runs import resolve_run_dir
+    from xai_lab.train import fit, trim_train_log
+
+    if args.smoke:
+        raise UserError("--smoke cannot be used with --resume: a run continues with its own config.yaml")
+    for text in args.overrides:
+        key = ".".join(parse_override(text)[0])
+        if key not in RESUME_OVERRIDES:
+            raise UserError(f"override '{text}' would change the resumed run ('{key}'); with --resume only "
+                            f"{', '.join(RESUME_OVERRIDES)} may be set")
+    run_dir = resolve_run_dir(args.resume)
+    cfg = from_dict(apply_overrides(to_dict(load_saved(run_dir / "config.yaml")), args.overrides))
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        raise UserError(f"{run_dir} has no last.pt to resume from (it stopped before its first checkpoint); "
+                        "start the experiment again with --config")
+    state = load_checkpoint(last)
+    try:
+        epoch, best_epoch = int(state["epoch"]), int(state["best_epoch"])
+        missing = [k for k in ("optimizer", "scheduler", "best_val_macro_f1") if k not in state]
+    except (KeyError, TypeError, ValueError):
+        missing = ["epoch/best_epoch number"]
+    if missing:
+        raise UserError(f"{last} is not a training checkpoint to resume from (no {', '.join(missing)} in it)")
+    del state
+    finished = epoch  # the last epoch that train_summary.json says was trained, when it says more
+    try:
+        finished = max(epoch, int(json.loads((run_dir / "train_summary.json").read_text())["final"]["epoch"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no summary (a killed run) or none worth reading: the checkpoint decides
+    patience = cfg.train.early_stopping_patience
+    if finished >= cfg.train.epochs or (patience and epoch - best_epoch >= patience):
+        why = "all epochs" if finished >= cfg.train.epochs else f"stopped early, no better epoch for {patience}"
+        raise UserError(f"{run_dir} already finished (epoch {finished} of {cfg.train.epochs}, {why}); "
+                        "nothing to resume")
+    dropped = trim_train_log(run_dir, epoch)
+    log.info("resuming %s after epoch %d of %d%s", run_dir, epoch, cfg.train.epochs,
+             f" (dropped {dropped} train_log.jsonl rows logged after it)" if dropped else "")
+    return fit(cfg, run_dir=run_dir, resume_from=last)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from xai_lab.train import fit
 
-    cfg = load_config(args)
-    summary = fit(cfg)
+    if not args.config and not args.resume:  # argparse's words, as for the other verbs' --config
+        raise UserError("the following arguments are required: --config (or --resume RUN_DIR to continue a run)")
+    if args.resume:
+        summary = resume_run(args)
+    else:
+        summary = fit(load_config(args))
     run_dir = summary["run_dir"]
     print(f"run: {run_dir}")
     print(f"best val macro-F1 {summary['best_val_macro_f1']:.4f} at epoch {summary['best_epoch']}; "
@@ -242,11 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
 
-    def verb(name: str, fn: Callable, help_: str, run_dir: bool = False) -> argparse.ArgumentParser:
+    def verb(name: str, fn: Callable, help_: str, run_dir: bool = False, resume: bool = False
+             ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         if run_dir:
             p.add_argument("--run-dir", required=True, help="a run folder (artifacts/runs/<exp>/<id> or .../latest)")
             p.add_argument("--out", default=None, help="report folder (default: artifacts/reports/<exp>/<id>)")
+        elif resume:  # --config EXP, or --resume RUN_DIR (cmd_train says when neither is given)
+            one = p.add_mutually_exclusive_group()
+            one.add_argument("--config", help="experiment YAML (configs/experiments/*.yaml)")
+            one.add_argument("--resume", metavar="RUN_DIR",
+                             help="continue a stopped run (artifacts/runs/<exp>/<id> or .../latest) in place from "
+                             f"its last.pt, with its own config; overrides: only {', '.join(RESUME_OVERRIDES)}")
         else:
             p.add_argument("--config", required=True, help="experiment YAML (configs/experiments/*.yaml)")
         p.add_argument("--smoke", action="store_true", help="the same work, tiny: a few images, one short epoch")
@@ -255,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     verb("prepare", cmd_prepare, "manifest, stratified splits and decoded cache of a dataset")
-    verb("train", cmd_train, "one training run")
+    verb("train", cmd_train, "one training run", resume=True)
     cv = verb("cv", cmd_cv, "k-fold cross-validation (data.folds): a run per fold, mean and std of scores")
     cv.add_argument("--only", default=None, help="comma-separated folds to run (default: all)")
     verb("audit", cmd_audit, "duplicates, leakage, label conflicts, size/mode/brightness per class, balance")

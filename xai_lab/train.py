@@ -11,7 +11,9 @@ onecycle``, :func:`lr_factor`), mixup/CutMix (``train.mixup``, ``train.cutmix``,
 ``train.mix_prob``), a weight EMA (``train.ema_decay``; see :mod:`xai_lab.recipe`) and flip
 test-time augmentation in validation (``train.tta_flip``). With the EMA on, validation,
 ``best.pt`` and ``last.pt``'s ``model`` are the EMA's weights; ``last.pt`` also holds the raw
-weights (``model_raw``) and the EMA's update count (``ema``) to resume both.
+weights (``model_raw``) and the EMA's update count (``ema``) to resume both. ``last.pt``'s ``rng``
+holds the state of the generator that draws batch order, augmentation and mixing, so a run
+resumed from it on the same kind of device draws what the uninterrupted run would have.
 
 Outputs in the run folder: ``config.yaml`` (resolved), ``last.pt`` (every
 ``train.checkpoint_every`` epochs and the last), ``best.pt`` (best val macro-F1, written with
@@ -35,13 +37,14 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch.optim.swa_utils import AveragedModel
 
-from xai_lab.atomic import atomic_write_json
+from xai_lab.atomic import atomic_write_json, atomic_write_text
 from xai_lab.checkpoint import init_from_checkpoint, load_checkpoint, save_checkpoint
 from xai_lab.config import ExperimentConfig, TrainConfig, save_config, to_dict
 from xai_lab.data.augment import augment_batch
 from xai_lab.data.dataset import Dataset, load_dataset
 from xai_lab.data.sampler import epoch_indices, sample_weights
 from xai_lab.device import autocast, release_device_memory, resolve_device, to_device
+from xai_lab.errors import UserError
 from xai_lab.evaluate import predict_logits
 from xai_lab.models import build_model
 from xai_lab.recipe import (
@@ -179,7 +182,9 @@ def fit(
         callback: called after every epoch with the epoch's metrics and the path of
             ``last.pt`` when it was written that epoch (else None); returning True stops
             training (the sweep reports through this).
-        resume_from: a ``last.pt`` to continue from (model, EMA, optimizer, schedule, epoch).
+        resume_from: a ``last.pt`` to continue from (model, EMA, optimizer, schedule, epoch and the
+            batch/augmentation generator's state: an exact continuation on the same kind of device).
+            Rows of ``train_log.jsonl`` after its epoch are not dropped here: :func:`trim_train_log`.
         checkpoint_at: ``epoch -> bool``, the epochs after which ``last.pt`` (and ``best.pt``,
             when a better epoch came since) are written; default every ``train.checkpoint_every``
             epochs. The last epoch is always written.
@@ -255,7 +260,14 @@ def fit(
             scheduler.load_state_dict(state["scheduler"])
             start_epoch = int(state["epoch"]) + 1
             best_f1, best_epoch = float(state["best_val_macro_f1"]), int(state["best_epoch"])
-            gen.manual_seed(cfg.run.seed + start_epoch)  # a resumed run draws fresh batches
+            rng = state.get("rng")
+            if rng is not None and rng.get("device") == device.type:  # the draws of the uninterrupted run
+                gen.set_state(rng["generator"])
+            else:  # a checkpoint from before "rng" was saved, or from another kind of device
+                if rng is not None:
+                    log.warning("%s was written on %s, this run is on %s: resumed with fresh random draws",
+                                resume_from, rng.get("device"), device.type)
+                gen.manual_seed(cfg.run.seed + start_epoch)  # a resumed run draws fresh batches
             log.info("resumed from %s at epoch %d", resume_from, start_epoch)
             del state
         epoch = start_epoch - 1
@@ -265,7 +277,8 @@ def fit(
         if cfg.run.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(run_dir / "tb"))
+            # purge_step: TensorBoard hides the events of epochs after the checkpoint that a killed run logged
+            writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_epoch if resume_from is not None else None)
         total_steps = (tc.epochs - start_epoch + 1) * steps_per_epoch
         bar = tqdm(total=total_steps, desc=f"train {cfg.run.name}", unit="step", disable=not cfg.run.progress,
                    leave=False, dynamic_ncols=True)
@@ -284,10 +297,13 @@ def fit(
                 "best_val_macro_f1": best_f1,
                 "best_epoch": best_epoch,
                 **ema_checkpoint(ema, model),  # the raw weights and the EMA's count, to resume both
+                # Batch order, augmentation and mixing all draw from gen (nothing in the loop uses torch's
+                # global RNG: no dropout), so its state is all a resume needs to draw the same (a CPU ByteTensor).
+                "rng": {"generator": gen.get_state(), "device": device.type},
             }
             save_checkpoint(run_dir / "last.pt", state)
             if best_weights is not None:
-                best = {k_: v for k_, v in state.items() if k_ not in ("optimizer", *EMA_KEYS)}
+                best = {k_: v for k_, v in state.items() if k_ not in ("optimizer", "rng", *EMA_KEYS)}
                 best.update(model=best_weights["model"], metrics=best_weights["metrics"], epoch=best_epoch)
                 save_checkpoint(run_dir / "best.pt", best)
                 best_weights = None
@@ -379,3 +395,37 @@ def fit(
     }
     atomic_write_json(run_dir / "train_summary.json", summary)
     return summary
+
+
+def trim_train_log(run_dir: str | Path, epoch: int) -> int:
+    """Cut ``<run_dir>/train_log.jsonl`` back to the rows of epochs up to ``epoch`` (a checkpoint's), atomically.
+
+    Before a run resumes in place from ``last.pt``: the rows a killed run logged after its last
+    checkpoint, and a last line torn by the kill, are dropped, so the resumed epochs are not logged
+    twice. Kept rows keep their text. A missing log is left missing.
+
+    Returns:
+        How many lines were dropped.
+
+    Raises:
+        UserError: a line other than the last is not a JSON object with an ``epoch``.
+    """
+    path = Path(run_dir) / "train_log.jsonl"
+    if not path.is_file():
+        return 0
+    text = path.read_text(errors="replace")
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    kept = []
+    for i, (lineno, line) in enumerate(lines):
+        try:
+            row_epoch = int(json.loads(line)["epoch"])
+        except (ValueError, TypeError, KeyError):
+            if i == len(lines) - 1:  # torn by the kill mid-write
+                break
+            raise UserError(f"{path}, line {lineno}: not a JSON object with an epoch; each line must be one "
+                            "epoch's metrics as JSON (only a torn last line is dropped)") from None
+        if row_epoch <= epoch:
+            kept.append(line)
+    if len(kept) != len(lines) or (kept and not text.endswith("\n")):  # a whole last row left without its newline
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return len(lines) - len(kept)

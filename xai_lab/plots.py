@@ -6,7 +6,6 @@ Files: ``train_loss.png``, ``val_loss.png``, ``val_accuracy.png``, ``val_macrof1
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +16,7 @@ import numpy as np  # noqa: E402
 
 from xai_lab.atomic import atomic_write_with  # noqa: E402
 from xai_lab.errors import UserError  # noqa: E402
+from xai_lab.runs import train_log_rows  # noqa: E402
 
 CURVES = {
     "train_loss.png": ("train_loss", "train loss"),
@@ -35,22 +35,9 @@ def read_train_log(run_dir: Path) -> list[dict]:
     """
     path = Path(run_dir) / "train_log.jsonl"
     try:
-        text = path.read_text(errors="replace")
+        rows = [row for _, row in train_log_rows(path)]
     except FileNotFoundError:
         raise UserError(f"no train_log.jsonl in {run_dir}: the run has not finished an epoch") from None
-    numbered = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
-    rows = []
-    for k, (lineno, line) in enumerate(numbered):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            if k == len(numbered) - 1:  # torn by a crash mid-write: that epoch never finished logging
-                break
-            raise UserError(f"{path}, line {lineno}: not a JSON object; each line must be one epoch's "
-                            "metrics as JSON (only a torn last line is skipped)") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}, line {lineno}: not a JSON object; each line must be one epoch's metrics as JSON")
-        rows.append(row)
     if not rows:
         raise UserError(f"no finished epoch in {path}: the run has not finished an epoch")
     return rows

@@ -9,6 +9,7 @@ Layout (see the README)::
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -65,3 +66,26 @@ def report_dir_for(run_dir: Path) -> Path:
         if runs.name == "runs":
             return runs.parent / "reports" / run_dir.relative_to(runs)
     return run_dir / "report"
+
+
+def train_log_rows(path: Path) -> list[tuple[str, dict]]:
+    """``(line, row)`` for each epoch in a ``train_log.jsonl`` (``fit`` appends one JSON object per epoch).
+
+    A crash can tear the last line mid-write: an unparseable last line is skipped. A bad line
+    anywhere else is a UserError naming the file and the line. Blank lines are ignored.
+    """
+    text = Path(path).read_text(errors="replace")
+    numbered = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    rows = []
+    for k, (lineno, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if k == len(numbered) - 1:  # torn by a crash mid-write: that epoch never finished logging
+                break
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            raise UserError(f"{path}, line {lineno}: not a JSON object with an epoch; each line must be one "
+                            "epoch's metrics as JSON (only a torn last line is skipped)")
+        rows.append((line, row))
+    return rows

@@ -44,7 +44,6 @@ from xai_lab.data.augment import augment_batch
 from xai_lab.data.dataset import Dataset, load_dataset
 from xai_lab.data.sampler import epoch_indices, sample_weights
 from xai_lab.device import autocast, release_device_memory, resolve_device, to_device
-from xai_lab.errors import UserError
 from xai_lab.evaluate import predict_logits
 from xai_lab.models import build_model
 from xai_lab.recipe import (
@@ -58,7 +57,7 @@ from xai_lab.recipe import (
     restore_ema,
     update_ema,
 )
-from xai_lab.runs import create_run_dir
+from xai_lab.runs import create_run_dir, train_log_rows
 
 log = logging.getLogger(__name__)
 
@@ -414,18 +413,8 @@ def trim_train_log(run_dir: str | Path, epoch: int) -> int:
     if not path.is_file():
         return 0
     text = path.read_text(errors="replace")
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    kept = []
-    for i, (lineno, line) in enumerate(lines):
-        try:
-            row_epoch = int(json.loads(line)["epoch"])
-        except (ValueError, TypeError, KeyError):
-            if i == len(lines) - 1:  # torn by the kill mid-write
-                break
-            raise UserError(f"{path}, line {lineno}: not a JSON object with an epoch; each line must be one "
-                            "epoch's metrics as JSON (only a torn last line is dropped)") from None
-        if row_epoch <= epoch:
-            kept.append(line)
+    lines = [line for line in text.splitlines() if line.strip()]
+    kept = [line for line, row in train_log_rows(path) if row["epoch"] <= epoch]
     if len(kept) != len(lines) or (kept and not text.endswith("\n")):  # a whole last row left without its newline
         atomic_write_text(path, "".join(line + "\n" for line in kept))
     return len(lines) - len(kept)

@@ -26,6 +26,9 @@ beside ``metadata.csv``. Findings:
 
 The audit describes the prepared dataset: rows that ``data.dedup`` dropped are listed under
 ``dedup`` and no longer counted as duplicates.
+
+Each finding is one ``check_*`` function (the split shift: :func:`split_shift_sections`) that returns
+its section of the report and appends its warnings; :func:`audit_table` runs them in order.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import itertools
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -46,6 +49,7 @@ from xai_lab.errors import UserError
 
 SPLIT_ORDER = ("train", "val", "test")
 BLANK_RANGE = 2  # an image whose gray levels span at most this is blank
+IMBALANCE_RATIO = 5  # the largest class with this many times the smallest's images is flagged
 MIN_CLASS_FOR_STATS = 10  # brightness of a class with fewer images is reported, not flagged
 MIN_UNITS_FOR_SHIFT = 10  # a split (fold) with fewer images (subjects) is described, not compared
 
@@ -100,73 +104,76 @@ def pixel_difference(images: np.ndarray, pairs: np.ndarray, chunk: int = 4096) -
     return out
 
 
-def _examples(items: list, n: int) -> list:
-    return items[:n]
+class AuditRows(NamedTuple):
+    """The columns the checks read, one entry per row of metadata.csv (without a ``split`` column: ``train``)."""
+
+    labels: np.ndarray
+    splits: np.ndarray
+    subjects: np.ndarray
+    paths: np.ndarray
+    sha1: np.ndarray
 
 
-def audit_table(
-    table: pd.DataFrame,
-    images: np.ndarray,
-    class_names: list[str],
-    data: DataConfig,
-    info: dict | None = None,
-) -> dict[str, Any]:
-    """The audit of one prepared dataset (``table`` = metadata.csv, ``images`` = the cache, same rows)."""
-    info = info or {}
-    cfg = data.audit
-    n = len(table)
-    labels = table["label"].astype(str).to_numpy()
-    splits = table["split"].astype(str).to_numpy() if "split" in table else np.full(n, "train", dtype=object)
-    subjects = table["subject"].astype(str).to_numpy()
-    paths = table["path"].astype(str).to_numpy()
-    warnings: list[str] = []
+def audit_rows(table: pd.DataFrame) -> AuditRows:
+    """The label, split, subject, path and SHA-1 columns of ``table`` as string arrays."""
+    return AuditRows(
+        labels=table["label"].astype(str).to_numpy(),
+        splits=(
+            table["split"].astype(str).to_numpy() if "split" in table else np.full(len(table), "train", dtype=object)
+        ),
+        subjects=table["subject"].astype(str).to_numpy(),
+        paths=table["path"].astype(str).to_numpy(),
+        sha1=table["sha1"].astype(str).to_numpy(),
+    )
 
-    # --- exact duplicates -----------------------------------------------------------------
+
+def check_exact_duplicates(
+    table: pd.DataFrame, rows: AuditRows, max_examples: int, warnings: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Same SHA-1 in two or more rows: flags groups that span splits (leakage) or classes (label conflicts)."""
     groups = duplicate_groups(table["sha1"].astype(str))
-    exact_examples, n_cross_split, n_cross_class = [], 0, 0
-    conflicts = []
-    for g in groups:
-        cross_split, cross_class = len(set(splits[g])) > 1, len(set(labels[g])) > 1
-        n_cross_split += cross_split
-        n_cross_class += cross_class
-        entry = {
+    entries = [
+        {
             "sha1": str(table["sha1"].iloc[g[0]]),
-            "paths": paths[g].tolist(),
-            "labels": labels[g].tolist(),
-            "splits": splits[g].tolist(),
+            "paths": rows.paths[g].tolist(),
+            "labels": rows.labels[g].tolist(),
+            "splits": rows.splits[g].tolist(),
         }
-        exact_examples.append(entry)
-        if cross_class:
-            conflicts.append(entry)
+        for g in groups
+    ]
+    n_cross_split = sum(len(set(e["splits"])) > 1 for e in entries)
+    conflicts = [e for e in entries if len(set(e["labels"])) > 1]
     exact = {
         "groups": len(groups),
         "images": int(sum(len(g) for g in groups)),
         "within_one_split": len(groups) - n_cross_split,
         "across_splits": n_cross_split,
-        "across_classes": n_cross_class,
-        "examples": _examples(
-            sorted(exact_examples, key=lambda e: (-len(set(e["splits"])), -len(set(e["labels"])))),
-            cfg.max_examples,
-        ),
+        "across_classes": len(conflicts),
+        "examples": sorted(entries, key=lambda e: (-len(set(e["splits"])), -len(set(e["labels"]))))[:max_examples],
     }
     if n_cross_split:
         warnings.append(f"{n_cross_split} exact duplicate group(s) span two or more splits (leakage)")
-    if n_cross_class:
-        warnings.append(f"{n_cross_class} exact duplicate group(s) are filed under different classes")
+    if conflicts:
+        warnings.append(f"{len(conflicts)} exact duplicate group(s) are filed under different classes")
+    return exact, {"groups": len(conflicts), "examples": conflicts[:max_examples]}
 
-    # --- near duplicates ------------------------------------------------------------------
+
+def confirmed_near_pairs(images: np.ndarray, sha1: np.ndarray, cfg: AuditConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The pHashes and the near-duplicate pairs: close hashes, different bytes, small mean gray difference."""
+    n = len(sha1)
     hashes = phash(images) if n else np.empty(0, dtype=np.uint64)
     pairs = near_pairs(hashes, cfg.near_duplicate_distance) if n > 1 else np.empty((0, 2), dtype=np.int64)
-    sha = table["sha1"].astype(str).to_numpy()
     if len(pairs):
-        pairs = pairs[sha[pairs[:, 0]] != sha[pairs[:, 1]]]
+        pairs = pairs[sha1[pairs[:, 0]] != sha1[pairs[:, 1]]]
         pairs = pairs[pixel_difference(images, pairs) <= cfg.near_duplicate_pixel_delta]
+    return hashes, pairs
+
+
+def check_near_duplicates(images: np.ndarray, rows: AuditRows, cfg: AuditConfig, warnings: list[str]) -> dict[str, Any]:
+    """Near duplicates (pHash within a few bits, confirmed on the pixels): flags pairs that span two splits."""
+    hashes, pairs = confirmed_near_pairs(images, rows.sha1, cfg)
     i, j = (pairs[:, 0], pairs[:, 1]) if len(pairs) else (np.empty(0, int), np.empty(0, int))
-    x_split, x_class, same_subject = (
-        splits[i] != splits[j],
-        labels[i] != labels[j],
-        subjects[i] == subjects[j],
-    )
+    x_split, x_class = rows.splits[i] != rows.splits[j], rows.labels[i] != rows.labels[j]
     dist = np.bitwise_count(hashes[i] ^ hashes[j]) if len(pairs) else np.empty(0, int)
     order = np.lexsort((dist, ~x_class, ~x_split))  # cross-split, then cross-class pairs first
     near = {
@@ -176,12 +183,12 @@ def audit_table(
         "pairs": int(len(pairs)),
         "across_splits": int(x_split.sum()),
         "across_classes": int(x_class.sum()),
-        "same_subject": int(same_subject.sum()),
+        "same_subject": int((rows.subjects[i] == rows.subjects[j]).sum()),
         "examples": [
             {
-                "paths": [paths[i[k]], paths[j[k]]],
-                "labels": [labels[i[k]], labels[j[k]]],
-                "splits": [splits[i[k]], splits[j[k]]],
+                "paths": [rows.paths[i[k]], rows.paths[j[k]]],
+                "labels": [rows.labels[i[k]], rows.labels[j[k]]],
+                "splits": [rows.splits[i[k]], rows.splits[j[k]]],
                 "distance": int(dist[k]),
             }
             for k in order[: cfg.max_examples]
@@ -193,50 +200,72 @@ def audit_table(
             f"(pHash <= {cfg.near_duplicate_distance} bits, "
             f"gray difference <= {cfg.near_duplicate_pixel_delta:g})"
         )
+    return near
 
-    # --- subjects -------------------------------------------------------------------------
-    subj = pd.DataFrame({"subject": subjects, "split": splits})
+
+def subjects_across_fold_splits(folds: np.ndarray, subjects: np.ndarray) -> list[int]:
+    """Per fold: how many subjects have images in more than one of its train, val and test sets."""
+    from xai_lab.data.splits import fold_indices
+
+    per_fold = []
+    for f in range(int(folds.max()) + 1):
+        names = np.empty(len(subjects), dtype=object)
+        for name, idx in fold_indices(folds, f).items():
+            names[idx] = name
+        counts = pd.DataFrame({"subject": subjects, "split": names}).groupby("subject")["split"].nunique()
+        per_fold.append(int((counts > 1).sum()))
+    return per_fold
+
+
+def check_subjects(
+    table: pd.DataFrame, rows: AuditRows, grouped: bool, max_examples: int, warnings: list[str]
+) -> dict[str, Any]:
+    """Subjects: flags a subject with images in two splits, and with folds every fold where that happens."""
+    subj = pd.DataFrame({"subject": rows.subjects, "split": rows.splits})
     per_subject = subj.groupby("subject")["split"].nunique()
     leaking = sorted(per_subject[per_subject > 1].index.tolist())
-    subject_info: dict[str, Any] = {
+    found: dict[str, Any] = {
         "subjects": int(len(per_subject)),
-        "images_per_subject_max": int(subj["subject"].value_counts().max()) if n else 0,
-        "grouped_by_subject": bool(data.group_by_subject),
+        "images_per_subject_max": int(subj["subject"].value_counts().max()) if len(subj) else 0,
+        "grouped_by_subject": bool(grouped),
         "in_more_than_one_split": len(leaking),
-        "examples": leaking[: cfg.max_examples],
+        "examples": leaking[:max_examples],
     }
     if leaking:
         warnings.append(f"{len(leaking)} subject(s) appear in more than one split")
     if "fold" in table:
-        from xai_lab.data.splits import fold_indices
-
-        per_fold = []
-        for f in range(int(table["fold"].max()) + 1):
-            names = np.empty(n, dtype=object)
-            for name, idx in fold_indices(table["fold"].to_numpy(), f).items():
-                names[idx] = name
-            counts = pd.DataFrame({"subject": subjects, "split": names}).groupby("subject")["split"].nunique()
-            per_fold.append(int((counts > 1).sum()))
-        subject_info["folds_with_subject_in_two_splits"] = int(sum(c > 0 for c in per_fold))
-        subject_info["per_fold"] = per_fold
+        per_fold = subjects_across_fold_splits(table["fold"].to_numpy(), rows.subjects)
+        found["folds_with_subject_in_two_splits"] = int(sum(c > 0 for c in per_fold))
+        found["per_fold"] = per_fold
         if any(per_fold):
-            warnings.append(
-                f"subjects cross splits in {sum(c > 0 for c in per_fold)} of {len(per_fold)} folds"
-            )
+            warnings.append(f"subjects cross splits in {sum(c > 0 for c in per_fold)} of {len(per_fold)} folds")
+    return found
 
-    # --- blank images (one gray level: FER2013 has all-black ones) ---------------------------
-    flat = images.reshape(n, -1) if n else np.empty((0, 1), dtype=np.uint8)
-    blank_idx = np.flatnonzero(flat.max(axis=1) - flat.min(axis=1) <= BLANK_RANGE) if n else np.empty(0, int)
+
+def check_blank_images(flat: np.ndarray, rows: AuditRows, max_examples: int, warnings: list[str]) -> dict[str, Any]:
+    """Blank images: flags every image whose gray levels span at most :data:`BLANK_RANGE` (FER2013 has black ones)."""
+    blank_idx = np.flatnonzero(flat.max(axis=1) - flat.min(axis=1) <= BLANK_RANGE) if len(flat) else np.empty(0, int)
     blank = {
         "images": int(len(blank_idx)),
-        "examples": [{"path": paths[k], "label": labels[k], "split": splits[k]} for k in blank_idx][
-            : cfg.max_examples
+        "examples": [{"path": rows.paths[k], "label": rows.labels[k], "split": rows.splits[k]} for k in blank_idx][
+            :max_examples
         ],
     }
     if len(blank_idx):
-        warnings.append(f"{len(blank_idx)} blank image(s) (a single gray level), e.g. {paths[blank_idx[0]]}")
+        warnings.append(f"{len(blank_idx)} blank image(s) (a single gray level), e.g. {rows.paths[blank_idx[0]]}")
+    return blank
 
-    # --- per class ------------------------------------------------------------------------
+
+def check_classes(
+    table: pd.DataFrame,
+    rows: AuditRows,
+    flat: np.ndarray,
+    class_names: list[str],
+    cfg: AuditConfig,
+    warnings: list[str],
+) -> dict[str, Any]:
+    """Per class: flags no images, a usual size or a mode unlike the rest, a mean brightness far from the mean."""
+    n = len(rows.labels)
     brightness = flat.mean(axis=1) if n else np.empty(0)
     sizes = (table["width"].astype(str) + "x" + table["height"].astype(str)).to_numpy()
     modes = table["mode"].astype(str).to_numpy() if "mode" in table else np.full(n, "?", dtype=object)
@@ -244,7 +273,7 @@ def audit_table(
     overall_brightness = float(brightness.mean()) if n else 0.0
     per_class = {}
     for c in class_names:
-        m = labels == c
+        m = rows.labels == c
         if not m.any():
             per_class[c] = {"images": 0}
             warnings.append(f"class {c} has no images")
@@ -260,28 +289,26 @@ def audit_table(
         }
         main_size = size_counts.most_common(1)[0][0]
         if main_size != overall_size:
-            warnings.append(
-                f"class {c}: most images are {main_size}, the dataset's usual size is {overall_size}"
-            )
+            warnings.append(f"class {c}: most images are {main_size}, the dataset's usual size is {overall_size}")
         other_modes = set(mode_counts) - set(Counter(modes[~m]))
         if other_modes and (~m).any():
-            warnings.append(
-                f"class {c}: image mode(s) {', '.join(sorted(other_modes))} found in no other class"
-            )
-        if (
-            m.sum() >= MIN_CLASS_FOR_STATS
-            and abs(float(b.mean()) - overall_brightness) > cfg.brightness_delta
-        ):
+            warnings.append(f"class {c}: image mode(s) {', '.join(sorted(other_modes))} found in no other class")
+        if m.sum() >= MIN_CLASS_FOR_STATS and abs(float(b.mean()) - overall_brightness) > cfg.brightness_delta:
             warnings.append(f"class {c}: mean brightness {b.mean():.1f} vs {overall_brightness:.1f} overall")
+    return per_class
 
-    # --- balance --------------------------------------------------------------------------
-    by_split = {s: {c: int(((splits == s) & (labels == c)).sum()) for c in class_names} for s in SPLIT_ORDER}
-    totals = {c: int((labels == c).sum()) for c in class_names}
-    present = {c: v for c, v in totals.items() if v}  # empty classes are warned about above
+
+def check_class_balance(rows: AuditRows, class_names: list[str], warnings: list[str]) -> dict[str, Any]:
+    """Images per class and split: flags a largest class with :data:`IMBALANCE_RATIO` times the smallest's."""
+    by_split = {s: {c: int(((rows.splits == s) & (rows.labels == c)).sum()) for c in class_names} for s in SPLIT_ORDER}
+    totals = {c: int((rows.labels == c).sum()) for c in class_names}
+    present = {c: v for c, v in totals.items() if v}  # empty classes are flagged by check_classes
     largest = max(present, key=present.get) if present else ""
     smallest = min(present, key=present.get) if present else ""
     ratio = round(present[largest] / present[smallest], 2) if present else 0.0
-    balance = {
+    if ratio >= IMBALANCE_RATIO:
+        warnings.append(f"class imbalance: {largest} has {ratio}x the images of {smallest}")
+    return {
         "counts": totals,
         "by_split": by_split,
         "imbalance_ratio": ratio,
@@ -289,38 +316,69 @@ def audit_table(
         "smallest": smallest,
         "empty_classes": [c for c, v in totals.items() if not v],
     }
-    if ratio >= 5:
-        warnings.append(
-            f"class imbalance: {balance['largest']} has {ratio}x the images of {balance['smallest']}"
-        )
+
+
+def check_empty_splits(splits: np.ndarray, warnings: list[str]) -> None:
+    """Flags each of train, val and test that holds no image."""
     empty_splits = [s for s in SPLIT_ORDER if not (splits == s).any()]
     if empty_splits:
         warnings.append(f"empty split(s): {', '.join(empty_splits)}")
 
+
+def prepare_summary(info: dict, dedup_mode: str, max_examples: int) -> dict[str, Any]:
+    """What ``prepare`` left out (from dataset.json): skipped and excluded rows, and the rows dedup dropped."""
+    dedup = info.get("dedup", {})
+    return {
+        "skipped": len(info.get("skipped", [])),
+        "excluded": info.get("excluded", {}),
+        "dedup": {
+            "mode": dedup.get("mode", dedup_mode),
+            "dropped": len(dedup.get("dropped", [])),
+            "examples": dedup.get("dropped", [])[:max_examples],
+        },
+    }
+
+
+def audit_table(
+    table: pd.DataFrame,
+    images: np.ndarray,
+    class_names: list[str],
+    data: DataConfig,
+    info: dict | None = None,
+) -> dict[str, Any]:
+    """The audit of one prepared dataset (``table`` = metadata.csv, ``images`` = the cache, same rows).
+
+    The checks run in the order of the report; each returns its section and appends its warnings to
+    ``warnings``, so the warnings follow that order too. ``info`` is dataset.json (what prepare left out).
+    """
+    cfg, n = data.audit, len(table)
+    rows = audit_rows(table)
+    flat = images.reshape(n, -1) if n else np.empty((0, 1), dtype=np.uint8)
+    warnings: list[str] = []
+    exact, conflicts = check_exact_duplicates(table, rows, cfg.max_examples, warnings)
+    near = check_near_duplicates(images, rows, cfg, warnings)
+    subjects = check_subjects(table, rows, data.group_by_subject, cfg.max_examples, warnings)
+    blank = check_blank_images(flat, rows, cfg.max_examples, warnings)
+    per_class = check_classes(table, rows, flat, class_names, cfg, warnings)
+    balance = check_class_balance(rows, class_names, warnings)
+    check_empty_splits(rows.splits, warnings)
+    shift = split_shift_sections(table, images, rows.splits, rows.subjects, cfg, warnings)
     return {
         "dataset": data.name,
         "source": data.source,
         "root": data.root,
         "images": n,
         "classes": list(class_names),
-        "split_sizes": {s: int((splits == s).sum()) for s in SPLIT_ORDER},
+        "split_sizes": {s: int((rows.splits == s).sum()) for s in SPLIT_ORDER},
         "exact_duplicates": exact,
-        "label_conflicts": {"groups": len(conflicts), "examples": conflicts[: cfg.max_examples]},
+        "label_conflicts": conflicts,
         "near_duplicates": near,
         "blank_images": blank,
-        "subjects": subject_info,
+        "subjects": subjects,
         "per_class": per_class,
         "class_balance": balance,
-        **split_shift_sections(table, images, splits, subjects, cfg, warnings),
-        "prepare": {
-            "skipped": len(info.get("skipped", [])),
-            "excluded": info.get("excluded", {}),
-            "dedup": {
-                "mode": info.get("dedup", {}).get("mode", data.dedup),
-                "dropped": len(info.get("dedup", {}).get("dropped", [])),
-                "examples": info.get("dedup", {}).get("dropped", [])[: cfg.max_examples],
-            },
-        },
+        **shift,
+        "prepare": prepare_summary(info or {}, data.dedup, cfg.max_examples),
         "warnings": warnings,
     }
 
@@ -677,27 +735,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def audit_markdown(report: dict[str, Any]) -> str:
-    """``audit.md``: the report for people."""
-    ex, near, subj, bal = (
-        report["exact_duplicates"],
-        report["near_duplicates"],
-        report["subjects"],
-        report["class_balance"],
-    )
+def exact_duplicates_markdown(ex: dict[str, Any]) -> list[str]:
+    """The ``audit.md`` section on exact duplicates: the counts and a table of the example groups."""
     md = [
-        f"# Data audit: {report['dataset']}",
-        "",
-        f"Source `{report['source']}` at `{report['root']}`: {report['images']} images, "
-        f"classes {', '.join(report['classes'])}.",
-        "",
-        "## Summary",
-        "",
-    ]
-    md += [f"- {line.strip()}" for line in summary_lines(report)[1:]]
-    if not report["warnings"]:
-        md.append("- no warnings")
-    md += [
         "",
         "## Exact duplicates (same SHA-1)",
         "",
@@ -711,7 +751,12 @@ def audit_markdown(report: dict[str, Any]) -> str:
             f"| {'<br>'.join(e['paths'])} | {', '.join(e['labels'])} | {', '.join(e['splits'])} |"
             for e in ex["examples"]
         ]
-    md += [
+    return md
+
+
+def near_duplicates_markdown(near: dict[str, Any]) -> list[str]:
+    """The ``audit.md`` section on near duplicates: the thresholds, the counts and a table of the example pairs."""
+    md = [
         "",
         f"## Near duplicates (pHash <= {near['max_distance']} bits, mean gray difference <= "
         f"{near['max_pixel_delta']:g}, not byte-identical)",
@@ -728,7 +773,12 @@ def audit_markdown(report: dict[str, Any]) -> str:
             f"| {e['distance']} |"
             for e in near["examples"]
         ]
-    md += [
+    return md
+
+
+def subjects_markdown(subj: dict[str, Any]) -> list[str]:
+    """The ``audit.md`` section on subjects: how many, whether the splits group them, which cross splits."""
+    md = [
         "",
         "## Subjects",
         "",
@@ -738,14 +788,19 @@ def audit_markdown(report: dict[str, Any]) -> str:
     ]
     if "per_fold" in subj:
         md.append(f"Folds: subjects in two splits per fold: {subj['per_fold']}.")
-    md += [
+    return md
+
+
+def per_class_markdown(per_class: dict[str, Any]) -> list[str]:
+    """The ``audit.md`` table of sizes, modes and brightness per class."""
+    md = [
         "",
         "## Per class",
         "",
         "| class | images | sizes | modes | brightness (mean ± std) |",
         "|---|---|---|---|---|",
     ]
-    for c, v in report["per_class"].items():
+    for c, v in per_class.items():
         if not v["images"]:
             md.append(f"| {c} | 0 | | | |")
             continue
@@ -754,7 +809,12 @@ def audit_markdown(report: dict[str, Any]) -> str:
         md.append(
             f"| {c} | {v['images']} | {sizes} | {modes} | {v['brightness_mean']} ± {v['brightness_std']} |"
         )
-    md += [
+    return md
+
+
+def class_balance_markdown(bal: dict[str, Any]) -> list[str]:
+    """The ``audit.md`` table of images per class and split, and the largest/smallest ratio."""
+    md = [
         "",
         "## Class balance",
         "",
@@ -763,10 +823,12 @@ def audit_markdown(report: dict[str, Any]) -> str:
     ]
     for c, total in bal["counts"].items():
         md.append(f"| {c} | " + " | ".join(str(bal["by_split"][s][c]) for s in SPLIT_ORDER) + f" | {total} |")
-    md += ["", f"Largest/smallest class: {bal['imbalance_ratio']}.", ""]
-    md += split_shift_markdown(report)
-    prep = report["prepare"]
-    md += [
+    return md + ["", f"Largest/smallest class: {bal['imbalance_ratio']}.", ""]
+
+
+def left_out_markdown(prep: dict[str, Any]) -> list[str]:
+    """The ``audit.md`` section on the rows ``prepare`` skipped, excluded or deduplicated."""
+    return [
         "## What prepare left out",
         "",
         f"- skipped (unreadable or malformed, with on_bad_* = skip): {prep['skipped']}",
@@ -774,6 +836,29 @@ def audit_markdown(report: dict[str, Any]) -> str:
         f"- dedup = {prep['dedup']['mode']}: {prep['dedup']['dropped']} dropped",
         "",
     ]
+
+
+def audit_markdown(report: dict[str, Any]) -> str:
+    """``audit.md``: the report for people, a summary and then one section per check."""
+    md = [
+        f"# Data audit: {report['dataset']}",
+        "",
+        f"Source `{report['source']}` at `{report['root']}`: {report['images']} images, "
+        f"classes {', '.join(report['classes'])}.",
+        "",
+        "## Summary",
+        "",
+    ]
+    md += [f"- {line.strip()}" for line in summary_lines(report)[1:]]
+    if not report["warnings"]:
+        md.append("- no warnings")
+    md += exact_duplicates_markdown(report["exact_duplicates"])
+    md += near_duplicates_markdown(report["near_duplicates"])
+    md += subjects_markdown(report["subjects"])
+    md += per_class_markdown(report["per_class"])
+    md += class_balance_markdown(report["class_balance"])
+    md += split_shift_markdown(report)
+    md += left_out_markdown(report["prepare"])
     return "\n".join(md)
 
 

@@ -24,19 +24,19 @@ import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from xai_lab.atomic import atomic_write_json, atomic_write_with
 from xai_lab.config import DataConfig
-from xai_lab.data.decode import BadImage, decode_image  # noqa: F401 - re-exported for callers of prepare
+from xai_lab.data.decode import Decoded
 from xai_lab.data.dedup import dedup_rows
-from xai_lab.data.sources import get_source
+from xai_lab.data.sources import Source, get_source
 from xai_lab.data.splits import SPLITS, fold_indices, given_split_indices, kfold_assignments, split_indices
 from xai_lab.errors import UserError
 
-METADATA_COLUMNS = ["path", "label", "label_idx", "subject", "width", "height", "sha1"]
 # Keys that do not change what prepare writes (the fold is chosen at load time; the audit re-runs).
 _NOT_HASHED = ("fold", "audit")
 
@@ -58,6 +58,7 @@ def split_dir(out: Path, fold: int) -> Path:
 
 
 def _shown(messages: list[str], n: int = 3) -> str:
+    """The first ``n`` messages, and how many more there are."""
     return "; ".join(messages[:n]) + (f" (and {len(messages) - n} more)" if len(messages) > n else "")
 
 
@@ -77,12 +78,48 @@ def prepare(data: DataConfig, progress: bool = False, audit: bool = True) -> Pat
     source = get_source(data.source)
     source.materialize(data)
     class_names = source.class_names(data)
+    table, excluded, bad_rows = read_manifest(source, data, class_names)
+    table, decoded, bad = decode_rows(source, data, table, progress)
+    images, masks = add_image_columns(table, decoded, class_names)
+    given = assign_splits(table, data)
+    table, images, masks, dropped = drop_duplicates(table, images, masks, data.dedup)
+    table = table.drop(columns=[c for c in table.columns if c.startswith("_")])
+    out = processed_dir(data)
+    key, split_sizes, fold_sizes = write_prepared(out, table, images, masks, data)
+    info = dataset_info(
+        data,
+        class_names,
+        table,
+        given=given,
+        split_sizes=split_sizes,
+        fold_sizes=fold_sizes,
+        has_masks=masks is not None,
+        skipped=bad_rows + bad,
+        excluded=excluded,
+        dropped=dropped,
+        cache_key=key,
+    )
+    atomic_write_json(out / "dataset.json", info)
+    if audit:
+        from xai_lab.data.audit import audit_dataset
+
+        audit_dataset(data, out)
+    return out
+
+
+def read_manifest(
+    source: Source, data: DataConfig, class_names: list[str]
+) -> tuple[pd.DataFrame, dict, list[tuple[str, str]]]:
+    """The source's rows less the excluded and malformed ones, capped at ``data.limit_per_class``.
+
+    Returns ``(table, {exclusion reason: rows}, [(path, why malformed), ...])``; malformed rows
+    stop here unless ``data.on_bad_row`` is ``skip``, and so does a label that is not a class.
+    """
     table = source.list_images(data)
     root = Path(data.root)
     for col in ("_error", "_excluded"):
         if col not in table.columns:
             table[col] = ""
-
     excluded = table.loc[table["_excluded"] != "", "_excluded"].value_counts().to_dict()
     table = table[table["_excluded"] == ""]
     bad_rows = list(table.loc[table["_error"] != "", ["path", "_error"]].itertuples(index=False, name=None))
@@ -99,20 +136,36 @@ def prepare(data: DataConfig, progress: bool = False, audit: bool = True) -> Pat
     if data.limit_per_class:
         keys = ["split", "label"] if "split" in table.columns else ["label"]
         table = table.groupby(keys, sort=False, group_keys=False).head(data.limit_per_class)
-    table = table.reset_index(drop=True)
+    return table.reset_index(drop=True), excluded, bad_rows
 
+
+def decode_rows(
+    source: Source, data: DataConfig, table: pd.DataFrame, progress: bool
+) -> tuple[pd.DataFrame, dict[str, Decoded], list[tuple[str, str]]]:
+    """Decode every row; ``(readable rows, {path: Decoded}, [(path, why unreadable), ...])``.
+
+    Unreadable images stop here unless ``data.on_bad_image`` is ``skip``; so does a dataset with none readable.
+    """
+    root = Path(data.root)
     decoded, bad = source.decode(data, table, progress)
     if bad and data.on_bad_image == "error":
-        shown = "; ".join(f"{root / p}: {why}" for p, why in bad[:3])
-        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
         raise UserError(
-            f"{len(bad)} unreadable image(s): {shown}{more}; fix or remove them, "
-            "or set data.on_bad_image=skip"
+            f"{len(bad)} unreadable image(s): {_shown([f'{root / p}: {why}' for p, why in bad])}; "
+            "fix or remove them, or set data.on_bad_image=skip"
         )
     table = table[[p in decoded for p in table["path"]]].reset_index(drop=True)
     if table.empty:
         raise UserError(f"no readable images in {root}")
+    return table, decoded, bad
 
+
+def add_image_columns(
+    table: pd.DataFrame, decoded: dict[str, Decoded], class_names: list[str]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Add ``label_idx``, ``width``, ``height``, ``sha1`` and ``mode`` to ``table``; return its images and masks.
+
+    The masks (bool ``[N, 1, S, S]``) are None unless every row has one.
+    """
     index = {name: i for i, name in enumerate(class_names)}
     table.insert(2, "label_idx", table["label"].map(index).astype(int))
     rows = [decoded[p] for p in table["path"]]
@@ -122,7 +175,15 @@ def prepare(data: DataConfig, progress: bool = False, audit: bool = True) -> Pat
     table["mode"] = [r.mode for r in rows]
     images = np.stack([r.image for r in rows])
     masks = np.stack([r.mask for r in rows])[:, None] if all(r.mask is not None for r in rows) else None
+    return images, masks
 
+
+def assign_splits(table: pd.DataFrame, data: DataConfig) -> bool:
+    """Set ``table``'s ``split`` (and with ``data.folds``, ``fold``) column; whether the dataset gave the split.
+
+    A given split is kept (val carved from train where it has none) and rules out k-fold; otherwise
+    the split is a seeded stratified holdout, grouped by subject when ``data.group_by_subject``.
+    """
     labels = table["label_idx"].to_numpy()
     groups = table["subject"].astype(str).to_numpy() if data.group_by_subject else None
     fractions = (data.split.train, data.split.val, data.split.test)
@@ -130,7 +191,7 @@ def prepare(data: DataConfig, progress: bool = False, audit: bool = True) -> Pat
     if given:
         if data.folds:
             raise UserError(
-                f"data.folds={data.folds}: the {data.source} data in {root} comes with its own split, "
+                f"data.folds={data.folds}: the {data.source} data in {Path(data.root)} comes with its own split, "
                 "so k-fold does not apply; set data.folds=0"
             )
         split_idx = given_split_indices(labels, table["split"].to_numpy(), fractions, data.split_seed, groups)
@@ -142,16 +203,28 @@ def prepare(data: DataConfig, progress: bool = False, audit: bool = True) -> Pat
     table["split"] = split_col
     if data.folds:
         table["fold"] = kfold_assignments(labels, data.folds, data.split_seed, groups)
+    return given
 
-    drop, dropped = dedup_rows(table, data.dedup)
+
+def drop_duplicates(
+    table: pd.DataFrame, images: np.ndarray, masks: np.ndarray | None, mode: str
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None, list[dict]]:
+    """The rows, images and masks that ``data.dedup`` (``mode``) keeps, and the dropped rows' records."""
+    drop, dropped = dedup_rows(table, mode)
     if drop.any():
         keep = ~drop
         table, images = table[keep].reset_index(drop=True), images[keep]
         masks = None if masks is None else masks[keep]
+    return table, images, masks, dropped
 
-    private = [c for c in table.columns if c.startswith("_")]
-    table = table.drop(columns=private)
-    out = processed_dir(data)
+
+def write_prepared(
+    out: Path, table: pd.DataFrame, images: np.ndarray, masks: np.ndarray | None, data: DataConfig
+) -> tuple[str, dict[str, int], dict[str, dict[str, int]]]:
+    """Write the cache, the split CSVs (removing folds no longer asked for) and ``metadata.csv``.
+
+    Returns the cache key, the holdout split's sizes and each fold's split sizes.
+    """
     metadata_csv = table.to_csv(index=False)
     key = _cache_key(metadata_csv, data)
     _write_cache(out / "cache", key, images, masks)
@@ -163,36 +236,47 @@ def prepare(data: DataConfig, progress: bool = False, audit: bool = True) -> Pat
         if stale.name not in fold_sizes:
             shutil.rmtree(stale, ignore_errors=True)
     atomic_write_with(out / "metadata.csv", lambda p: p.write_text(metadata_csv))
-    counts = table["label"].value_counts()
-    atomic_write_json(
-        out / "dataset.json",
-        {
-            "name": data.name,
-            "source": data.source,
-            "root": str(root),
-            "class_names": class_names,
-            "n_images": len(table),
-            "class_counts": {c: int(counts.get(c, 0)) for c in class_names},
-            "split_given_by_dataset": given,
-            "split_sizes": split_sizes,
-            "folds": fold_sizes,
-            "has_masks": masks is not None,
-            "skipped": [{"path": p, "reason": why} for p, why in bad_rows + bad],
-            "excluded": {str(k): int(v) for k, v in excluded.items()},
-            "dedup": {"mode": data.dedup, "dropped": dropped},
-            "cache_key": key,
-            "config_sha1": config_sha1(data),
-            "data_config": asdict(data),
-        },
-    )
-    if audit:
-        from xai_lab.data.audit import audit_dataset
+    return key, split_sizes, fold_sizes
 
-        audit_dataset(data, out)
-    return out
+
+def dataset_info(
+    data: DataConfig,
+    class_names: list[str],
+    table: pd.DataFrame,
+    *,
+    given: bool,
+    split_sizes: dict[str, int],
+    fold_sizes: dict[str, dict[str, int]],
+    has_masks: bool,
+    skipped: list[tuple[str, str]],
+    excluded: dict,
+    dropped: list[dict],
+    cache_key: str,
+) -> dict[str, Any]:
+    """``dataset.json``: classes and counts, split sizes, what was skipped, excluded or deduplicated, the config."""
+    counts = table["label"].value_counts()
+    return {
+        "name": data.name,
+        "source": data.source,
+        "root": str(Path(data.root)),
+        "class_names": class_names,
+        "n_images": len(table),
+        "class_counts": {c: int(counts.get(c, 0)) for c in class_names},
+        "split_given_by_dataset": given,
+        "split_sizes": split_sizes,
+        "folds": fold_sizes,
+        "has_masks": has_masks,
+        "skipped": [{"path": p, "reason": why} for p, why in skipped],
+        "excluded": {str(k): int(v) for k, v in excluded.items()},
+        "dedup": {"mode": data.dedup, "dropped": dropped},
+        "cache_key": cache_key,
+        "config_sha1": config_sha1(data),
+        "data_config": asdict(data),
+    }
 
 
 def _write_splits(out: Path, table: pd.DataFrame, fold: int) -> dict[str, int]:
+    """Write the train/val/test CSVs of ``fold`` (-1: the holdout split); return their sizes."""
     if fold < 0:
         parts = {name: np.flatnonzero(table["split"].to_numpy() == name) for name in SPLITS}
     else:
@@ -205,12 +289,14 @@ def _write_splits(out: Path, table: pd.DataFrame, fold: int) -> dict[str, int]:
 
 
 def _cache_key(metadata_csv: str, data: DataConfig) -> str:
+    """The cache folder's name: a hash of metadata.csv and the decode settings."""
     h = hashlib.sha1(metadata_csv.encode())
     h.update(f"|{data.image_size}|{data.channels}".encode())
     return h.hexdigest()[:16]
 
 
 def _write_cache(cache_root: Path, key: str, images: np.ndarray, masks: np.ndarray | None) -> None:
+    """Write ``cache_root/key/images.npy`` (and ``masks.npy``) unless present, via a temporary folder."""
     final = cache_root / key
     if (final / "images.npy").is_file():
         return

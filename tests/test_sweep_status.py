@@ -1,15 +1,17 @@
 """The leaderboard's status of a trial (completed, early_stopped, pruned, error) without Ray: the rule on
-a trial's last result, and the trainable's ``early_stopped`` flag against what ``fit`` really does."""
+a trial's last result, and the ``early_stopped`` flag that ``fit`` gives its callback (the trainable reports
+it as is) against what ``fit`` really does."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 
 from sweeps.config import SchedulerConfig
 from sweeps.fanout import select_top
 from sweeps.leaderboard import trial_status
-from sweeps.trainable import PatienceWatch
+from xai_lab.checkpoint import CheckpointPolicy
 from xai_lab.config import load_experiment
 from xai_lab.train import fit
 
@@ -48,30 +50,52 @@ def test_early_stopped_trials_are_reported_like_completed_and_pruned_ones():
     assert list(select_top(board, 3)["rank"]) == [1, 4, 5]  # finished, with a checkpoint
 
 
-def test_patience_watch_is_fits_rule():
-    rows = [{"epoch": e, "val_macro_f1": f} for e, f in enumerate([0.2, 0.5, 0.5, 0.4, 0.6, 0.6, 0.6], 1)]
-    watch = PatienceWatch(patience=2, max_epochs=10)
-    # best epochs 1, 2, 2 (a tie does not move it), 2, 5, 5, 5: out of patience at epochs 4 and 7
-    assert [watch.update(r) for r in rows] == [False, False, False, True, False, False, True]
-    assert [PatienceWatch(0, 10).update(r) for r in rows] == [False] * 7  # 0: off
-    at_max = PatienceWatch(patience=2, max_epochs=4)
-    assert [at_max.update(r) for r in rows[:4]] == [False] * 4  # at max_epochs the trial completed
-    # a trial resumed from its epoch-3 checkpoint sees its first epochs through train_log.jsonl
-    resumed = PatienceWatch(patience=2, max_epochs=10, rows=rows[:3])
-    assert [resumed.update(r) for r in rows[3:]] == [True, False, False, True]
+EXP = "configs/experiments/exp000_resnet18_saliency_synthfaces.yaml"
+# lr 0: val macro-F1 stops improving at once (BatchNorm statistics still move, so not always at epoch 1)
+STALL = ["data.synthfaces.n_per_class=6", "model.name=resnet8", "model.input_size=32", "data.image_size=32",
+         "train.batch_size=8", "train.lr=0", "train.warmup_epochs=0", "augment.strength=0", "run.progress=false",
+         "run.device=cpu", "run.tensorboard=false"]
 
 
-def test_patience_watch_flags_the_epoch_where_fit_stops(in_tmp):
-    """A real fit that stops itself on patience: the flag is true exactly at its last epoch."""
-    cfg = load_experiment(
-        "configs/experiments/exp000_resnet18_saliency_synthfaces.yaml",
-        ["data.synthfaces.n_per_class=12", "model.stem=imagenet", "train.batch_size=16", "train.lr=0",
-         "train.warmup_epochs=0", "augment.strength=0", "run.progress=false", "run.device=cpu",
-         "train.epochs=8", "train.early_stopping_patience=1"],
-    )
-    watch = PatienceWatch(cfg.train.early_stopping_patience, cfg.train.epochs)
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same count for every run keeps them bitwise equal
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_early_stopped_flags_the_epoch_where_fit_stops(in_tmp):
+    """A real fit that stops itself on patience: the flag is true exactly at its last epoch, whose checkpoint
+    is the slim final one under a trial's policy."""
+    cfg = load_experiment(EXP, STALL + ["train.epochs=8", "train.early_stopping_patience=1"])
+    seen: list[tuple[bool, bool]] = []
+    summary = fit(cfg, callback=lambda metrics, saved: seen.append((metrics["early_stopped"], saved.slim)),
+                  checkpoint=CheckpointPolicy(slim_from=cfg.train.epochs))
+    assert summary["epochs_run"] < cfg.train.epochs
+    assert seen == [(False, False)] * (summary["epochs_run"] - 1) + [(True, True)]
+    assert summary["best_epoch"] == summary["epochs_run"] - 1
+
+
+def test_patience_running_out_at_the_last_epoch_is_a_completed_run(in_tmp):
+    cfg = load_experiment(EXP, STALL + ["train.epochs=2", "train.early_stopping_patience=1"])
     flags: list[bool] = []
-    summary = fit(cfg, callback=lambda metrics, _: flags.append(watch.update(metrics)))
-    assert summary["epochs_run"] < cfg.train.epochs  # lr 0: val macro-F1 stops improving at once
-    assert flags == [False] * (summary["epochs_run"] - 1) + [True]
-    assert watch.best_epoch == summary["best_epoch"]
+    summary = fit(cfg, callback=lambda metrics, _: flags.append(metrics["early_stopped"]))
+    assert summary["epochs_run"] == 2 and flags == [False, False]
+
+
+def test_a_resumed_run_flags_the_same_epoch(in_tmp, one_thread):
+    """Resumed from its epoch-1 checkpoint, a run knows its best epoch so far (from last.pt)."""
+    overrides = STALL + ["train.epochs=8", "train.early_stopping_patience=2", "train.checkpoint_every=1"]
+    whole: list[bool] = []
+    fit(load_experiment(EXP, overrides), callback=lambda metrics, _: whole.append(metrics["early_stopped"]))
+    parts: list[bool] = []
+
+    def stop_after_one(metrics, _):
+        parts.append(metrics["early_stopped"])
+        return True
+
+    run = fit(load_experiment(EXP, overrides), callback=stop_after_one)["run_dir"]
+    fit(load_experiment(EXP, overrides), run_dir=run, resume_from=f"{run}/last.pt",
+        callback=lambda metrics, _: parts.append(metrics["early_stopped"]))
+    assert parts == whole and whole[-1] and not any(whole[:-1])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from xai_lab.checkpoint import load_checkpoint, model_from_checkpoint
-from xai_lab.config import load_experiment, load_saved
+from xai_lab.checkpoint import CheckpointPolicy, load_checkpoint, model_from_checkpoint
+from xai_lab.config import TrainConfig, load_experiment, load_saved
 from xai_lab.data.dataset import load_dataset
 from xai_lab.evaluate import evaluate_run
 from xai_lab.train import fit, lr_factor
@@ -16,6 +16,11 @@ EXP = "configs/experiments/exp000_resnet18_saliency_synthfaces.yaml"
 TINY = [
     "data.synthfaces.n_per_class=60", "model.stem=imagenet", "train.batch_size=32", "train.lr=0.003",
     "augment.strength=0", "run.progress=false", "run.device=cpu",
+]
+# A smaller model and set, for the tests of when checkpoints are written.
+SMALL = [
+    "data.synthfaces.n_per_class=6", "model.name=resnet8", "model.input_size=32", "data.image_size=32",
+    "train.batch_size=8", "run.progress=false", "run.device=cpu", "run.tensorboard=false",
 ]
 
 
@@ -89,13 +94,60 @@ def test_resume_continues_from_last_checkpoint(in_tmp):
 def test_callback_sees_each_epoch_and_can_stop(in_tmp):
     seen = []
 
-    def callback(metrics, checkpoint):
-        seen.append((metrics["epoch"], checkpoint.name, checkpoint.is_file()))
+    def callback(metrics, saved):
+        seen.append((metrics["epoch"], metrics["early_stopped"], saved.written, saved.last_pt.is_file()))
+        assert {"best_val_macro_f1", "val_macro_f1"} <= set(metrics) and saved.run_dir == saved.last_pt.parent
         return metrics["epoch"] == 2
 
     cfg = load_experiment(EXP, TINY + ["train.epochs=5", "data.synthfaces.n_per_class=12"])
     summary = fit(cfg, callback=callback)
-    assert seen == [(1, "last.pt", True), (2, "last.pt", True)] and summary["epochs_run"] == 2
+    assert seen == [(1, False, ("last.pt", "best.pt"), True), (2, False, seen[1][2], True)]
+    assert seen[1][2] in (("last.pt",), ("last.pt", "best.pt")) and summary["epochs_run"] == 2
+
+
+def test_checkpoint_policy_rules():
+    policy = CheckpointPolicy(every=3, epochs=[1, 4], slim_from=6)
+    assert [e for e in range(1, 10) if policy.wants(e)] == [1, 3, 4, 6, 9]
+    assert [policy.slim(e, early_stopped=False) for e in (4, 5, 6, 7)] == [False, False, True, True]
+    assert policy.slim(2, early_stopped=True)  # a stop on patience ends the run: its checkpoint is final
+    single = CheckpointPolicy.for_run(TrainConfig(checkpoint_every=2))
+    assert single == CheckpointPolicy(every=2) and [e for e in range(1, 7) if single.wants(e)] == [2, 4, 6]
+    assert not single.slim(10, early_stopped=True)  # a single run's checkpoints are all full
+    assert not any(CheckpointPolicy(every=0).wants(e) for e in range(1, 10))
+
+
+def test_policy_epochs_write_full_checkpoints_exactly_then(in_tmp):
+    """Checkpoints at epochs {1, 3}: last.pt is written after epochs 1, 3 and 5 (the last), and only then."""
+    run, seen = in_tmp / "run", []
+
+    def callback(metrics, saved):
+        last = load_checkpoint(run / "last.pt")["epoch"] if (run / "last.pt").is_file() else None
+        seen.append((metrics["epoch"], None if saved is None else (saved.epoch, saved.slim, saved.written[0]), last))
+
+    cfg = load_experiment(EXP, SMALL + ["train.epochs=5", "train.checkpoint_every=1"])  # the policy overrides it
+    fit(cfg, run_dir=run, callback=callback, checkpoint=CheckpointPolicy(every=0, epochs={1, 3}))
+    assert seen == [(1, (1, False, "last.pt"), 1), (2, None, 1), (3, (3, False, "last.pt"), 3), (4, None, 3),
+                    (5, (5, False, "last.pt"), 5)]
+    assert load_checkpoint(run / "best.pt")["epoch"] == json.loads((run / "train_summary.json").read_text())[
+        "best_epoch"]
+
+
+def test_slim_final_checkpoint_holds_best_pt_but_no_last_pt(in_tmp):
+    run, seen = in_tmp / "run", []
+
+    def callback(metrics, saved):
+        files = sorted(p.name for p in run.iterdir())
+        seen.append((metrics["epoch"], saved is not None and saved.slim, saved and saved.last_pt, files))
+
+    cfg = load_experiment(EXP, SMALL + ["train.epochs=3"])
+    summary = fit(cfg, run_dir=run, callback=callback, checkpoint=CheckpointPolicy(every=0, epochs={2}, slim_from=3))
+    full = ["best.pt", "config.yaml", "last.pt", "train_log.jsonl"]
+    assert seen[0] == (1, False, None, ["config.yaml", "train_log.jsonl"])  # no checkpoint yet
+    assert seen[1] == (2, False, run / "last.pt", full)
+    assert seen[2] == (3, True, None, ["best.pt", "config.yaml", "train_log.jsonl"])  # last.pt removed
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] == summary["best_epoch"] and "optimizer" not in best
+    assert not (run / "last.pt").exists() and (run / "train_summary.json").is_file()
 
 
 def test_lr_schedule_warms_up_then_decays():

@@ -40,7 +40,7 @@ def runs(module_workdir):
     torch.set_num_threads(1)  # light on a shared machine; the same count for every run keeps them bitwise equal
     try:
         a = fit(load_experiment(EXP, TINY))
-        stopped = fit(load_experiment(EXP, TINY), callback=lambda metrics, last_pt: metrics["epoch"] == 2)
+        stopped = fit(load_experiment(EXP, TINY), callback=lambda metrics, saved: metrics["epoch"] == 2)
         assert stopped["epochs_run"] == 2 and load_checkpoint(f"{stopped['run_dir']}/last.pt")["epoch"] == 2
         b = module_workdir / stopped["run_dir"]
         c = b.parent / "stopped-copy"

@@ -16,9 +16,15 @@ holds the state of the generator that draws batch order, augmentation and mixing
 resumed from it on the same kind of device draws what the uninterrupted run would have.
 
 Outputs in the run folder: ``config.yaml`` (resolved), ``last.pt`` (every
-``train.checkpoint_every`` epochs and the last), ``best.pt`` (best val macro-F1, written with
-``last.pt``), ``train_log.jsonl`` (one line per epoch), ``tb/`` (TensorBoard scalars, unless
-``run.tensorboard`` is off) and ``train_summary.json``.
+``train.checkpoint_every`` epochs and the last, or as ``fit``'s :class:`CheckpointPolicy` says),
+``best.pt`` (best val macro-F1, written with ``last.pt``), ``train_log.jsonl`` (one line per epoch),
+``tb/`` (TensorBoard scalars, unless ``run.tensorboard`` is off) and ``train_summary.json``.
+
+``fit`` is a loop over named steps around a :class:`TrainState` (the model, optimizer, schedule,
+EMA, generator and on-device data, the epoch, the best epoch so far and its waiting weights):
+:func:`_open_run` and :func:`_build` (with :func:`_resume`) set it up; then, epoch by epoch,
+:func:`_train_epoch`, :func:`_validate`, :func:`_checkpoint` (:func:`_save`), :func:`_log_epoch`
+and :func:`_should_stop` (the callback, and the patience rule); :func:`_summary` ends the run.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +45,7 @@ from sklearn.metrics import f1_score
 from torch.optim.swa_utils import AveragedModel
 
 from xai_lab.atomic import atomic_write_json, atomic_write_text
-from xai_lab.checkpoint import init_from_checkpoint, load_checkpoint, save_checkpoint
+from xai_lab.checkpoint import CheckpointPolicy, Saved, init_from_checkpoint, load_checkpoint, save_run_checkpoint
 from xai_lab.config import ExperimentConfig, TrainConfig, save_config, to_dict
 from xai_lab.data.augment import augment_batch
 from xai_lab.data.dataset import Dataset, load_dataset
@@ -61,8 +68,10 @@ from xai_lab.runs import create_run_dir, train_log_rows
 
 log = logging.getLogger(__name__)
 
-# callback(metrics of the epoch, path of last.pt when written that epoch, else None) -> True to stop early.
-EpochCallback = Callable[[dict[str, Any], "Path | None"], "bool | None"]
+# callback(metrics, saved) after every epoch -> True to stop the run. ``metrics``: the epoch's train_log.jsonl row
+# with ``best_val_macro_f1`` (so far) and ``early_stopped`` (fit stops after this epoch on patience, before
+# train.epochs); ``saved``: the checkpoint written after this epoch (run folder, files; see Saved), else None.
+EpochCallback = Callable[[dict[str, Any], "Saved | None"], "bool | None"]
 
 
 def seed_everything(seed: int) -> None:
@@ -163,6 +172,82 @@ def train_steps(
     return loss_sum
 
 
+@dataclass
+class DeviceData:
+    """The splits a run reads on its training device, and what its batch draws are weighted by."""
+
+    x_train: torch.Tensor | None  # uint8 [N, C, H, W]
+    targets: torch.Tensor | None  # class indices [N], or label distributions [N, K] (soft targets)
+    x_val: torch.Tensor | None
+    y_val: torch.Tensor | None
+    weights: torch.Tensor | None  # per-image sampling weights (train.sampler), None: a permutation
+    loss_weight: torch.Tensor | None  # class weights of the loss (train.class_weighted_loss)
+
+
+@dataclass
+class TrainState:
+    """One run in progress: what it trains, where it writes, and how far it got.
+
+    Every device tensor of the run is reachable from here only, so :meth:`release` frees them all,
+    however ``fit`` is left.
+    """
+
+    cfg: ExperimentConfig
+    dataset: Dataset
+    run_dir: Path
+    device: torch.device
+    policy: CheckpointPolicy
+    steps_per_epoch: int
+    data: DeviceData | None = None
+    model: torch.nn.Module | None = None  # the raw weights, trained
+    step_model: torch.nn.Module | None = None  # model, or its torch.compile (train.compile)
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    ema: AveragedModel | None = None  # the weight EMA (train.ema_decay), None when off
+    gen: torch.Generator | None = None  # draws batch order, augmentation and mixing
+    writer: Any = None  # TensorBoard's SummaryWriter (run.tensorboard)
+    bar: Any = None  # the tqdm progress bar
+    init_info: dict[str, Any] | None = None  # where model.init_from took the weights from
+    start_epoch: int = 1
+    epoch: int = 0  # the last epoch trained (start_epoch - 1 before the first)
+    metrics: dict[str, Any] = field(default_factory=dict)  # the last epoch's train_log.jsonl row
+    best_f1: float = -1.0
+    best_epoch: int = 0
+    best_weights: dict[str, Any] | None = None  # a better epoch's weights and metrics, not yet in best.pt
+    saved_epoch: int = 0  # the epoch of the last checkpoint
+    images_seen: int = 0
+    train_seconds: float = 0.0
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The model validated and saved as ``model``: the EMA's when one runs."""
+        return self.model if self.ema is None else self.ema.module
+
+    @property
+    def out_of_patience(self) -> bool:
+        """``train.early_stopping_patience`` epochs (0: never) since the best epoch: the run stops here."""
+        patience = self.cfg.train.early_stopping_patience
+        return bool(patience) and self.epoch - self.best_epoch >= patience
+
+    @property
+    def early_stopped(self) -> bool:
+        """Out of patience before ``train.epochs``: the run ends early (at ``train.epochs`` it has completed)."""
+        return self.out_of_patience and self.epoch < self.cfg.train.epochs
+
+    def release(self) -> None:
+        """Close the progress outputs, drop every device tensor and hand the cached blocks back to the driver."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.data is not None:  # emptied in place: a frame of a traceback may still hold the object
+            for name in ("x_train", "targets", "x_val", "y_val", "weights", "loss_weight"):
+                setattr(self.data, name, None)
+        self.data = self.model = self.step_model = self.optimizer = self.scheduler = self.ema = None
+        self.gen = self.best_weights = self.bar = self.writer = None
+        release_device_memory(self.device)
+
+
 def fit(
     cfg: ExperimentConfig,
     *,
@@ -170,7 +255,7 @@ def fit(
     run_dir: str | Path | None = None,
     callback: EpochCallback | None = None,
     resume_from: str | Path | None = None,
-    checkpoint_at: Callable[[int], bool] | None = None,
+    checkpoint: CheckpointPolicy | None = None,
 ) -> dict[str, Any]:
     """Train one model as ``cfg`` says.
 
@@ -178,221 +263,261 @@ def fit(
         cfg: the resolved experiment config.
         dataset: the prepared data (loaded, and prepared if needed, from ``cfg.data`` when None).
         run_dir: where to write; a fresh ``<output_root>/runs/<name>/<run_id>`` when None.
-        callback: called after every epoch with the epoch's metrics and the path of
-            ``last.pt`` when it was written that epoch (else None); returning True stops
-            training (the sweep reports through this).
-        resume_from: a ``last.pt`` to continue from (model, EMA, optimizer, schedule, epoch and the
-            batch/augmentation generator's state: an exact continuation on the same kind of device).
-            Rows of ``train_log.jsonl`` after its epoch are not dropped here: :func:`trim_train_log`.
-        checkpoint_at: ``epoch -> bool``, the epochs after which ``last.pt`` (and ``best.pt``,
-            when a better epoch came since) are written; default every ``train.checkpoint_every``
-            epochs. The last epoch is always written.
+        callback: called after every epoch (:data:`EpochCallback`); returning True stops training.
+        resume_from: a ``last.pt`` to continue from (:func:`_resume`). Rows of ``train_log.jsonl``
+            after its epoch are not dropped here: :func:`trim_train_log`.
+        checkpoint: after which epochs ``last.pt``/``best.pt`` are written, and whether the final
+            checkpoint is slim; default :meth:`CheckpointPolicy.for_run` (``train.checkpoint_every``).
 
     ``cfg.model.init_from`` (a run folder or checkpoint) starts the model from another run's
     weights, with a fresh head when the classes differ (:func:`xai_lab.checkpoint.init_from_checkpoint`).
 
     Returns:
         A summary: ``best_val_macro_f1``, ``best_epoch``, ``epochs_run``, the last epoch's
-        metrics, ``train_seconds``, ``images_per_second`` and ``run_dir``.
+        metrics, ``train_seconds``, ``images_per_second``, ``run_dir`` and more (:func:`_summary`).
 
     Memory: whether it returns or raises (a Ray trial stopped by ASHA leaves through a
-    ``SystemExit`` raised in its report), ``fit`` drops its model, optimizer and on-device data
-    and empties the CUDA cache before it leaves, so a stopped trial hands its GPU memory back
-    to the trials packed beside it.
+    ``SystemExit`` raised in its callback), ``fit`` drops its model, optimizer and on-device data
+    and empties the CUDA cache before it leaves (:meth:`TrainState.release`).
     """
     t_start = time.perf_counter()
+    state = _open_run(cfg, dataset, run_dir, checkpoint or CheckpointPolicy.for_run(cfg.train))
+    try:
+        _build(state, resume_from)
+        for epoch in range(state.start_epoch, cfg.train.epochs + 1):
+            state.epoch = epoch
+            train_loss, seconds = _train_epoch(state)
+            _validate(state, train_loss, seconds)
+            saved = _checkpoint(state)
+            _log_epoch(state)
+            if _should_stop(state, callback, saved):
+                break
+        if state.saved_epoch != state.epoch:  # the callback stopped the run between checkpoints
+            _save(state)
+    finally:
+        state.release()
+    return _summary(state, t_start)
+
+
+def _open_run(
+    cfg: ExperimentConfig, dataset: Dataset | None, run_dir: str | Path | None, policy: CheckpointPolicy
+) -> TrainState:
+    """Seed, pick the device, load the data and open the run folder (its ``config.yaml``)."""
     device = resolve_device(cfg.run.device)
-    tc = cfg.train
     seed_everything(cfg.run.seed)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = tc.cudnn_benchmark  # process-wide; fit owns the process's training
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark  # process-wide; fit owns the process's training
         torch.cuda.reset_peak_memory_stats(device)  # gpu_mem_peak_mb is this run's, in a reused process too
     if dataset is None:
         dataset = load_dataset(cfg.data, progress=cfg.run.progress)
     run_dir = Path(run_dir) if run_dir is not None else create_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    if checkpoint_at is None:
-        def checkpoint_at(e: int) -> bool:
-            return e % tc.checkpoint_every == 0
+    steps_per_epoch = max(1, len(dataset.splits["train"]) // cfg.train.batch_size)  # drop the last partial batch
+    return TrainState(cfg, dataset, run_dir, device, policy, steps_per_epoch)
 
-    train, val = dataset.splits["train"], dataset.splits["val"]
-    k = dataset.num_classes
-    steps_per_epoch = max(1, len(train) // tc.batch_size)  # drop the last partial batch
-    start_epoch, best_f1, best_epoch = 1, -1.0, 0
-    metrics: dict[str, Any] = {}
-    images_seen, train_seconds, epoch = 0, 0.0, start_epoch - 1
-    writer = bar = None
-    # Everything that holds device memory is bound here, so that the finally below can drop it.
-    x_train = y_train = soft_train = x_val = y_val = model = step_model = optimizer = scheduler = None
-    ema = eval_model = None  # the weight EMA (train.ema_decay) and the model validated and saved: it, or model
-    best_weights = None  # a better epoch's weights, not yet written to best.pt
-    init_info = None  # where model.init_from took the weights from
-    try:
-        x_train, y_train = to_device(train.images, device), to_device(train.labels, device)
-        soft_train = None if train.soft_targets is None else to_device(train.soft_targets, device)
-        x_val, y_val = to_device(val.images, device), to_device(val.labels, device)
 
-        model = build_model(cfg.model, k, cfg.data.channels)
-        if cfg.model.init_from and resume_from is None:
-            init_info = init_from_checkpoint(model, cfg.model.init_from, dataset.class_names)
-            log.info("initialised from %s (head %s)", init_info["path"], init_info["head"])
-        model = model.to(device)
-        if device.type == "cuda" and tc.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = make_optimizer(model, tc)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, tc))
-        step_model = torch.compile(model) if tc.compile else model
-        ema = make_ema(model, tc)
-        eval_model = model if ema is None else ema.module
+def _build(s: TrainState, resume_from: str | Path | None) -> None:
+    """Put the data on the device; build the model, optimizer, schedule, EMA and generator; resume; open
+    the progress outputs (TensorBoard, the progress bar)."""
+    cfg, tc, device, steps = s.cfg, s.cfg.train, s.device, s.steps_per_epoch
+    s.data = _device_data(s.dataset, tc, device)
+    model = build_model(cfg.model, s.dataset.num_classes, cfg.data.channels)
+    if cfg.model.init_from and resume_from is None:
+        s.init_info = init_from_checkpoint(model, cfg.model.init_from, s.dataset.class_names)
+        log.info("initialised from %s (head %s)", s.init_info["path"], s.init_info["head"])
+    model = model.to(device)
+    if device.type == "cuda" and tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    s.model, s.optimizer = model, make_optimizer(model, tc)
+    s.scheduler = torch.optim.lr_scheduler.LambdaLR(s.optimizer, lambda i: lr_factor(i, steps, tc))
+    s.step_model = torch.compile(model) if tc.compile else model
+    s.ema = make_ema(model, tc)
+    s.gen = torch.Generator(device=device)
+    s.gen.manual_seed(cfg.run.seed)
+    if resume_from is not None:
+        _resume(s, resume_from)
+    s.epoch = s.saved_epoch = s.start_epoch - 1
+    _open_progress(s, resumed=resume_from is not None)
 
-        weights = sample_weights(y_train, tc.sampler, k)
-        loss_weight = class_weights(y_train, k) if tc.class_weighted_loss else None
-        gen = torch.Generator(device=device)
-        gen.manual_seed(cfg.run.seed)
 
-        if resume_from is not None:
-            state = load_checkpoint(resume_from)
-            model.load_state_dict(state.get("model_raw", state["model"]))  # "model" is the EMA when one ran
-            restore_ema(ema, state)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_epoch = int(state["epoch"]) + 1
-            best_f1, best_epoch = float(state["best_val_macro_f1"]), int(state["best_epoch"])
-            rng = state.get("rng")
-            if rng is not None and rng.get("device") == device.type:  # the draws of the uninterrupted run
-                gen.set_state(rng["generator"])
-            else:  # a checkpoint from before "rng" was saved, or from another kind of device
-                if rng is not None:
-                    log.warning("%s was written on %s, this run is on %s: resumed with fresh random draws",
-                                resume_from, rng.get("device"), device.type)
-                gen.manual_seed(cfg.run.seed + start_epoch)  # a resumed run draws fresh batches
-            log.info("resumed from %s at epoch %d", resume_from, start_epoch)
-            del state
-        epoch = start_epoch - 1
+def _device_data(dataset: Dataset, tc: TrainConfig, device: torch.device) -> DeviceData:
+    """The train and val splits on ``device``, with the sampling weights and the loss's class weights."""
+    train, val, k = dataset.splits["train"], dataset.splits["val"], dataset.num_classes
+    y_train = to_device(train.labels, device)
+    return DeviceData(
+        x_train=to_device(train.images, device),
+        targets=y_train if train.soft_targets is None else to_device(train.soft_targets, device),
+        x_val=to_device(val.images, device),
+        y_val=to_device(val.labels, device),
+        weights=sample_weights(y_train, tc.sampler, k),
+        loss_weight=class_weights(y_train, k) if tc.class_weighted_loss else None,
+    )
 
-        from tqdm.auto import tqdm
 
-        if cfg.run.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+def _resume(s: TrainState, path: str | Path) -> None:
+    """Continue from the ``last.pt`` at ``path``: model, EMA, optimizer, schedule, epoch, best epoch, and the
+    generator's state (an exact continuation on the same kind of device; fresh draws on another)."""
+    state = load_checkpoint(path)
+    s.model.load_state_dict(state.get("model_raw", state["model"]))  # "model" is the EMA when one ran
+    restore_ema(s.ema, state)
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scheduler.load_state_dict(state["scheduler"])
+    s.start_epoch = int(state["epoch"]) + 1
+    s.best_f1, s.best_epoch = float(state["best_val_macro_f1"]), int(state["best_epoch"])
+    rng = state.get("rng")
+    if rng is not None and rng.get("device") == s.device.type:  # the draws of the uninterrupted run
+        s.gen.set_state(rng["generator"])
+    else:  # a checkpoint from before "rng" was saved, or from another kind of device
+        if rng is not None:
+            log.warning("%s was written on %s, this run is on %s: resumed with fresh random draws",
+                        path, rng.get("device"), s.device.type)
+        s.gen.manual_seed(s.cfg.run.seed + s.start_epoch)  # a resumed run draws fresh batches
+    log.info("resumed from %s at epoch %d", path, s.start_epoch)
 
-            # purge_step: TensorBoard hides the events of epochs after the checkpoint that a killed run logged
-            writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_epoch if resume_from is not None else None)
-        total_steps = (tc.epochs - start_epoch + 1) * steps_per_epoch
-        bar = tqdm(total=total_steps, desc=f"train {cfg.run.name}", unit="step", disable=not cfg.run.progress,
-                   leave=False, dynamic_ncols=True)
 
-        def save(epoch: int) -> Path:
-            """``last.pt`` (and ``best.pt`` when a better epoch came since the last write)."""
-            nonlocal best_weights
-            state = {
-                "model": eval_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "config": to_dict(cfg),
-                "class_names": dataset.class_names,
-                "metrics": metrics,
-                "best_val_macro_f1": best_f1,
-                "best_epoch": best_epoch,
-                **ema_checkpoint(ema, model),  # the raw weights and the EMA's count, to resume both
-                # Batch order, augmentation and mixing all draw from gen (nothing in the loop uses torch's
-                # global RNG: no dropout), so its state is all a resume needs to draw the same (a CPU ByteTensor).
-                "rng": {"generator": gen.get_state(), "device": device.type},
-            }
-            save_checkpoint(run_dir / "last.pt", state)
-            if best_weights is not None:
-                best = {k_: v for k_, v in state.items() if k_ not in ("optimizer", "rng", *EMA_KEYS)}
-                best.update(model=best_weights["model"], metrics=best_weights["metrics"], epoch=best_epoch)
-                save_checkpoint(run_dir / "best.pt", best)
-                best_weights = None
-            return run_dir / "last.pt"
+def _open_progress(s: TrainState, resumed: bool) -> None:
+    """TensorBoard's writer (unless ``run.tensorboard`` is off) and the progress bar of the epochs to run."""
+    from tqdm.auto import tqdm
 
-        saved_epoch = start_epoch - 1
-        for epoch in range(start_epoch, tc.epochs + 1):
-            model.train()
-            t0 = time.perf_counter()
-            order = epoch_indices(weights, len(train), gen)
-            loss_sum = train_steps(step_model, optimizer, scheduler, x_train, y_train if soft_train is None
-                                   else soft_train, order, steps_per_epoch, cfg, gen, loss_weight, on_step=bar.update,
-                                   ema=ema)
-            train_loss = float(loss_sum) / steps_per_epoch  # the epoch's one host sync
-            epoch_seconds = time.perf_counter() - t0
-            images_seen += steps_per_epoch * tc.batch_size
-            train_seconds += epoch_seconds
+    if s.cfg.run.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
 
-            eval_model.eval()
-            t_val = time.perf_counter()
-            val_logits = predict_logits(eval_model, x_val, tc.eval_batch_size, tc.amp, tta_flip=tc.tta_flip)
-            val_loss = float(F.cross_entropy(val_logits, y_val)) if len(val) else float("nan")
-            pred = val_logits.argmax(1).cpu().numpy()
-            del val_logits
-            metrics = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "val_accuracy": float((pred == val.labels).mean()) if len(val) else float("nan"),
-                "val_macro_f1": float(f1_score(val.labels, pred, labels=list(range(k)), average="macro",
-                                              zero_division=0)),
-                "lr": optimizer.param_groups[0]["lr"],
-                "epoch_seconds": epoch_seconds,
-                "images_per_second": steps_per_epoch * tc.batch_size / epoch_seconds,
-                "val_seconds": time.perf_counter() - t_val,
-            }
-            if device.type == "cuda":
-                metrics["gpu_mem_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-            if metrics["val_macro_f1"] > best_f1:
-                best_f1, best_epoch = metrics["val_macro_f1"], epoch
-                # A device copy (cheap) until the next checkpoint writes it: best.pt is not written every epoch.
-                best_weights = {"model": {n: t.detach().clone() for n, t in eval_model.state_dict().items()},
-                                "metrics": metrics}
-            patience_out = bool(tc.early_stopping_patience) and epoch - best_epoch >= tc.early_stopping_patience
-            last_pt = None
-            if epoch == tc.epochs or patience_out or checkpoint_at(epoch):
-                last_pt, saved_epoch = save(epoch), epoch
-            with open(run_dir / "train_log.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            if writer is not None:
-                for key, value in metrics.items():
-                    if key != "epoch":
-                        writer.add_scalar(key, value, epoch)
-                writer.flush()
-            bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val_f1=f"{metrics['val_macro_f1']:.3f}")
-            log.info("epoch %d/%d train_loss %.4f val_acc %.4f val_macro_f1 %.4f (%.1fs, %.0f img/s)", epoch,
-                     tc.epochs, train_loss, metrics["val_accuracy"], metrics["val_macro_f1"], epoch_seconds,
-                     metrics["images_per_second"])
-            stop = callback(dict(metrics, best_val_macro_f1=best_f1), last_pt) if callback else False
-            if stop:
-                break
-            if patience_out:
-                log.info("early stopping: no better val macro-F1 for %d epochs", tc.early_stopping_patience)
-                break
-        if saved_epoch != epoch and epoch >= start_epoch:  # stopped by the callback between checkpoints
-            save(epoch)
-    finally:
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
-        # Drop every device tensor before leaving, even through an exception whose traceback keeps
-        # this frame alive, then hand the cached blocks back to the driver (other trials on the GPU).
-        x_train = y_train = soft_train = x_val = y_val = model = step_model = optimizer = scheduler = None
-        ema = eval_model = best_weights = None
-        release_device_memory(device)
+        # purge_step: TensorBoard hides the events of epochs after the checkpoint that a killed run logged
+        s.writer = SummaryWriter(str(s.run_dir / "tb"), purge_step=s.start_epoch if resumed else None)
+    total_steps = (s.cfg.train.epochs - s.start_epoch + 1) * s.steps_per_epoch
+    s.bar = tqdm(total=total_steps, desc=f"train {s.cfg.run.name}", unit="step", disable=not s.cfg.run.progress,
+                 leave=False, dynamic_ncols=True)
 
-    summary = {
-        "run_dir": str(run_dir),
-        "best_val_macro_f1": best_f1,
-        "best_epoch": best_epoch,
-        "epochs_run": epoch - start_epoch + 1,
-        "final": metrics,
-        "train_seconds": train_seconds,
-        "images_per_second": images_seen / train_seconds if train_seconds else 0.0,
-        "wall_seconds": time.perf_counter() - t_start,
-        "device": str(device),
-        "init_from": init_info,
+
+def _train_epoch(s: TrainState) -> tuple[float, float]:
+    """Train epoch ``s.epoch``: a fresh draw of batches, one optimisation step each.
+
+    Returns:
+        The mean training loss (the epoch's one host sync) and the epoch's seconds.
+    """
+    tc = s.cfg.train
+    s.model.train()
+    t0 = time.perf_counter()
+    order = epoch_indices(s.data.weights, len(s.dataset.splits["train"]), s.gen)
+    loss_sum = train_steps(s.step_model, s.optimizer, s.scheduler, s.data.x_train, s.data.targets, order,
+                           s.steps_per_epoch, s.cfg, s.gen, s.data.loss_weight, on_step=s.bar.update, ema=s.ema)
+    train_loss = float(loss_sum) / s.steps_per_epoch
+    seconds = time.perf_counter() - t0
+    s.images_seen += s.steps_per_epoch * tc.batch_size
+    s.train_seconds += seconds
+    return train_loss, seconds
+
+
+def _validate(s: TrainState, train_loss: float, epoch_seconds: float) -> None:
+    """Score the validated model (the EMA's when one runs, with ``train.tta_flip``) on the val split: the
+    epoch's metrics (``s.metrics``); a better val macro-F1 makes this the best epoch, whose weights wait
+    on the device (a cheap copy) for the next checkpoint to write them to ``best.pt``."""
+    tc, val, k = s.cfg.train, s.dataset.splits["val"], s.dataset.num_classes
+    s.eval_model.eval()
+    t_val = time.perf_counter()
+    val_logits = predict_logits(s.eval_model, s.data.x_val, tc.eval_batch_size, tc.amp, tta_flip=tc.tta_flip)
+    val_loss = float(F.cross_entropy(val_logits, s.data.y_val)) if len(val) else float("nan")
+    pred = val_logits.argmax(1).cpu().numpy()
+    del val_logits
+    s.metrics = {
+        "epoch": s.epoch,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "val_accuracy": float((pred == val.labels).mean()) if len(val) else float("nan"),
+        "val_macro_f1": float(f1_score(val.labels, pred, labels=list(range(k)), average="macro", zero_division=0)),
+        "lr": s.optimizer.param_groups[0]["lr"],
+        "epoch_seconds": epoch_seconds,
+        "images_per_second": s.steps_per_epoch * tc.batch_size / epoch_seconds,
+        "val_seconds": time.perf_counter() - t_val,
     }
-    atomic_write_json(run_dir / "train_summary.json", summary)
+    if s.device.type == "cuda":
+        s.metrics["gpu_mem_peak_mb"] = torch.cuda.max_memory_allocated(s.device) / 2**20
+    if s.metrics["val_macro_f1"] > s.best_f1:
+        s.best_f1, s.best_epoch = s.metrics["val_macro_f1"], s.epoch
+        s.best_weights = {"model": {n: t.detach().clone() for n, t in s.eval_model.state_dict().items()},
+                          "metrics": s.metrics}
+
+
+def _checkpoint(s: TrainState) -> Saved | None:
+    """The checkpoint after epoch ``s.epoch``, when one is due: after the last epoch, at a stop on patience,
+    and where the policy asks for one; slim where the policy says it is the run's final one."""
+    due = s.epoch == s.cfg.train.epochs or s.out_of_patience or s.policy.wants(s.epoch)
+    return _save(s, slim=s.policy.slim(s.epoch, s.early_stopped)) if due else None
+
+
+def _save(s: TrainState, slim: bool = False) -> Saved:
+    """Write ``last.pt`` (unless ``slim``) and ``best.pt`` when a better epoch came since the last checkpoint.
+
+    ``last.pt`` holds what a resume needs: the validated weights as ``model``, and with the EMA on the
+    raw weights and its count; the optimizer and schedule; the best epoch so far; and the state of the
+    generator (batch order, augmentation and mixing all draw from it, none from torch's global RNG).
+    ``best.pt`` holds the best epoch's weights and metrics, without optimizer, generator or EMA state.
+    """
+    last = {
+        "model": s.eval_model.state_dict(),
+        "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.scheduler.state_dict(),
+        "epoch": s.epoch,
+        "config": to_dict(s.cfg),
+        "class_names": s.dataset.class_names,
+        "metrics": s.metrics,
+        "best_val_macro_f1": s.best_f1,
+        "best_epoch": s.best_epoch,
+        **ema_checkpoint(s.ema, s.model),
+        "rng": {"generator": s.gen.get_state(), "device": s.device.type},  # a CPU ByteTensor
+    }
+    best = None
+    if s.best_weights is not None:
+        best = {key: v for key, v in last.items() if key not in ("optimizer", "rng", *EMA_KEYS)}
+        best.update(model=s.best_weights["model"], metrics=s.best_weights["metrics"], epoch=s.best_epoch)
+    written = save_run_checkpoint(s.run_dir, last, best, slim=slim)
+    s.best_weights, s.saved_epoch = None, s.epoch
+    return Saved(s.run_dir, s.epoch, written, slim)
+
+
+def _log_epoch(s: TrainState) -> None:
+    """Append the epoch's row to ``train_log.jsonl``; show it in TensorBoard, the progress bar and the log."""
+    m = s.metrics
+    with open(s.run_dir / "train_log.jsonl", "a") as f:
+        f.write(json.dumps(m) + "\n")
+    if s.writer is not None:
+        for key, value in m.items():
+            if key != "epoch":
+                s.writer.add_scalar(key, value, s.epoch)
+        s.writer.flush()
+    s.bar.set_postfix(epoch=s.epoch, loss=f"{m['train_loss']:.3f}", val_f1=f"{m['val_macro_f1']:.3f}")
+    log.info("epoch %d/%d train_loss %.4f val_acc %.4f val_macro_f1 %.4f (%.1fs, %.0f img/s)", s.epoch,
+             s.cfg.train.epochs, m["train_loss"], m["val_accuracy"], m["val_macro_f1"], m["epoch_seconds"],
+             m["images_per_second"])
+
+
+def _should_stop(s: TrainState, callback: EpochCallback | None, saved: Saved | None) -> bool:
+    """Tell the callback about the epoch; stop when it asks to, or when the run is out of patience."""
+    report = dict(s.metrics, best_val_macro_f1=s.best_f1, early_stopped=s.early_stopped)
+    if callback is not None and callback(report, saved):
+        return True
+    if s.out_of_patience:
+        log.info("early stopping: no better val macro-F1 for %d epochs", s.cfg.train.early_stopping_patience)
+        return True
+    return False
+
+
+def _summary(s: TrainState, t_start: float) -> dict[str, Any]:
+    """The run's ``train_summary.json`` (written atomically), returned by ``fit``."""
+    summary = {
+        "run_dir": str(s.run_dir),
+        "best_val_macro_f1": s.best_f1,
+        "best_epoch": s.best_epoch,
+        "epochs_run": s.epoch - s.start_epoch + 1,
+        "final": s.metrics,
+        "train_seconds": s.train_seconds,
+        "images_per_second": s.images_seen / s.train_seconds if s.train_seconds else 0.0,
+        "wall_seconds": time.perf_counter() - t_start,
+        "device": str(s.device),
+        "init_from": s.init_info,
+    }
+    atomic_write_json(s.run_dir / "train_summary.json", summary)
     return summary
 
 

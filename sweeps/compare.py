@@ -24,11 +24,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from sweeps.class_maps import load_class_maps  # noqa: E402
 from sweeps.leaderboard import read_leaderboard  # noqa: E402
 from xai_lab.atomic import atomic_write_json, atomic_write_with  # noqa: E402
 from xai_lab.config import read_yaml  # noqa: E402
 from xai_lab.data.emotions import canonical  # noqa: E402
+from xai_lab.explain.run import ClassMeans  # noqa: E402
 from xai_lab.plots import save_figure  # noqa: E402
 
 IGNORED_KEYS = ("run.", "data.", "explain.")  # differ by construction between datasets
@@ -147,7 +147,7 @@ def _plot_maps(best: dict[str, tuple[str, Path]], shared: list[str], method: str
     maps = {}
     for d, (_, folder) in best.items():
         f = folder / "xai" / method / "class_means.npz"
-        maps[d] = {canonical_class(k): v for k, v in load_class_maps(f).items()} if f.is_file() else {}
+        maps[d] = {canonical_class(k): v for k, v in ClassMeans.load(f).maps.items()} if f.is_file() else {}
     rows, cols = len(maps), max(1, len(shared))
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 0.6, 1.75 * rows + 0.4), squeeze=False)
     for i, (d, by_class) in enumerate(maps.items()):

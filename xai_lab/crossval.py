@@ -3,8 +3,8 @@
 ``prepare`` writes every fold of ``data.folds = k`` (grouped by subject when
 ``data.group_by_subject``); for fold ``i`` the test set is fold ``i``, val is fold ``i+1`` and
 the model trains on the rest. :func:`cross_validate` runs :func:`xai_lab.train.fit` and
-:func:`xai_lab.evaluate.evaluate_run` once per fold (plain function calls, one after another)
-and reports the mean and standard deviation over the folds.
+evaluates the fold's ``best.pt`` with :func:`xai_lab.report.report_model` once per fold (plain
+function calls, one after another) and reports the mean and standard deviation over the folds.
 
 Layout::
 
@@ -50,7 +50,8 @@ def cross_validate(cfg: ExperimentConfig, folds: list[int] | None = None) -> dic
         ``cv_dir`` and ``report_dir``.
     """
     from xai_lab.data.dataset import load_dataset
-    from xai_lab.evaluate import evaluate_run
+    from xai_lab.evaluate import load_run
+    from xai_lab.report import report_model
     from xai_lab.train import fit
 
     k = cfg.data.folds
@@ -77,9 +78,9 @@ def cross_validate(cfg: ExperimentConfig, folds: list[int] | None = None) -> dic
             *(len(dataset.splits[s]) for s in ("train", "val", "test")),
         )
         summary = fit(fold_cfg, dataset=dataset, run_dir=cv_dir / f"fold{f}")
-        test = evaluate_run(
-            cv_dir / f"fold{f}", report_dir / f"fold{f}", dataset=dataset, split="test", device=cfg.run.device
-        )
+        fold = load_run(cv_dir / f"fold{f}", cfg.run.device)
+        test = report_model(fold, report_dir / f"fold{f}", dataset=dataset, split="test", plots=False,
+                            explain=False).summary
         rows.append(
             {
                 "fold": f,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from xai_lab.atomic import atomic_write_json, atomic_write_with
-from xai_lab.config import save_config
+from xai_lab.config import ExperimentConfig, save_config
 from xai_lab.device import autocast, to_device
 from xai_lab.models import cam_grid_size
 
@@ -94,6 +95,37 @@ def read_confusion(report_dir: Path) -> tuple[np.ndarray, list[str]]:
     return table.to_numpy(), list(table.columns)
 
 
+@dataclass
+class LoadedRun:
+    """A run's ``best.pt``, loaded once: the model (eval mode, on its device) and what describes it."""
+
+    run_dir: Path
+    model: torch.nn.Module
+    cfg: ExperimentConfig
+    class_names: list[str]
+    epoch: int  # the checkpoint's epoch
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def load_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
+    """Load a run's ``best.pt`` (``latest`` links are followed) onto ``device`` (default: its ``run.device``)."""
+    from xai_lab.checkpoint import model_from_checkpoint
+    from xai_lab.device import resolve_device
+    from xai_lab.runs import resolve_run_dir
+
+    run_dir = resolve_run_dir(run_dir)
+    model, cfg, class_names, state = model_from_checkpoint(run_dir / "best.pt", "cpu")
+    model.to(resolve_device(device or cfg.run.device))
+    return LoadedRun(run_dir, model, cfg, class_names, int(state["epoch"]))
+
+
 def evaluate_run(
     run_dir: str | Path,
     report_dir: str | Path | None = None,
@@ -116,20 +148,12 @@ def evaluate_run(
     Returns:
         The summary written to ``test_summary.json``.
     """
-    from xai_lab.checkpoint import model_from_checkpoint
-    from xai_lab.device import resolve_device
-    from xai_lab.runs import report_dir_for, resolve_run_dir
+    from xai_lab.runs import report_dir_for
 
-    run_dir = resolve_run_dir(run_dir)
-    report_dir = Path(report_dir) if report_dir is not None else report_dir_for(run_dir)
-    ckpt = run_dir / "best.pt"
-    model, cfg, class_names, state = model_from_checkpoint(ckpt, "cpu")
-    model.to(resolve_device(device or cfg.run.device))
-    summary = evaluate_model(model, cfg, class_names, report_dir, dataset=dataset, split=split,
-                             max_images=max_images, checkpoint=ckpt, epoch=int(state["epoch"]))
-    log.info("%s: accuracy %.4f macro-F1 %.4f on %d %s images -> %s", run_dir.name, summary["accuracy"],
-             summary["macro_f1"], summary["n"], split, report_dir)
-    return summary
+    run = load_run(run_dir, device)
+    report_dir = Path(report_dir) if report_dir is not None else report_dir_for(run.run_dir)
+    return evaluate_model(run.model, run.cfg, run.class_names, report_dir, dataset=dataset, split=split,
+                          max_images=max_images, checkpoint=run.checkpoint, epoch=run.epoch)
 
 
 def evaluate_model(
@@ -146,8 +170,8 @@ def evaluate_model(
 ) -> dict:
     """Score a loaded ``model`` (on its device, in eval mode) on ``split``; write the report files.
 
-    The part of :func:`evaluate_run` after loading, for callers that already hold the model (the
-    sweep's fan-out loads a trial's model once for evaluation and its class maps).
+    The part of :func:`evaluate_run` after loading, for callers that already hold the model
+    (:func:`xai_lab.report.report_model` evaluates, plots and explains one loaded model).
 
     Args:
         cfg: the run's config (data, ``train.eval_batch_size``, ``train.amp``).
@@ -171,6 +195,8 @@ def evaluate_model(
     summary.update(split=split, checkpoint=str(checkpoint), epoch=epoch, dataset=dataset.name, cam_grid=[side, side])
     write_evaluation(report_dir, summary, cm, class_names)
     save_config(cfg, report_dir / "config.yaml")
+    log.info("%s: accuracy %.4f macro-F1 %.4f on %d %s images -> %s", Path(checkpoint).parent.name or cfg.run.name,
+             summary["accuracy"], summary["macro_f1"], summary["n"], split, report_dir)
     return summary
 
 
@@ -197,16 +223,12 @@ def evaluate_other_dataset(
         The summary: accuracy, macro-F1, per class (named by the vocabulary), ``shared_classes``,
         ``model_only_classes``, ``data_only_classes``, ``n_left_out``, ``trained_on``, ``dataset``.
     """
-    from xai_lab.checkpoint import model_from_checkpoint
     from xai_lab.data.emotions import shared_classes
-    from xai_lab.device import resolve_device
     from xai_lab.errors import UserError
-    from xai_lab.runs import report_dir_for, resolve_run_dir
+    from xai_lab.runs import report_dir_for
 
-    run_dir = resolve_run_dir(run_dir)
-    ckpt = run_dir / "best.pt"
-    model, cfg, model_classes, state = model_from_checkpoint(ckpt, "cpu")
-    model.to(resolve_device(device or cfg.run.device))
+    run = load_run(run_dir, device)
+    run_dir, model, cfg, model_classes = run.run_dir, run.model, run.cfg, run.class_names
     shared = shared_classes(model_classes, dataset.class_names)
     if not shared.emotions:
         raise UserError(f"the model's classes ({', '.join(model_classes)}) and {dataset.name}'s "
@@ -233,7 +255,7 @@ def evaluate_other_dataset(
     cm = confusion_matrix(y_true, y_pred, labels=list(range(len(shared.emotions))))
     summary.update(
         accuracy_all_outputs=float(np.mean(all_pred == np.asarray(shared.model_idx)[y_true])),
-        split=split, checkpoint=str(ckpt), epoch=int(state["epoch"]), cross_dataset=True,
+        split=split, checkpoint=str(run.checkpoint), epoch=run.epoch, cross_dataset=True,
         trained_on=cfg.data.name, dataset=dataset.name, shared_classes=shared.emotions,
         model_only_classes=shared.model_only, data_only_classes=shared.data_only, n_left_out=int(left_out),
     )

@@ -10,14 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from xai_lab.explain.explainers import normalise_maps  # noqa: E402
 from xai_lab.plots import save_figure  # noqa: E402
-
-
-def normalise_map(m: np.ndarray) -> np.ndarray:
-    """Scale a map to [0, 1] by its own range (a constant map becomes zeros)."""
-    m = np.asarray(m, dtype=np.float32)
-    lo, hi = float(m.min()), float(m.max())
-    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
 def face_to_display(image: np.ndarray) -> np.ndarray:
@@ -30,7 +24,7 @@ def draw_explanation(image: np.ndarray, attribution: np.ndarray, title: str, pat
                      method: str = "") -> None:
     """Save ``[face | map | overlay]`` titled ``title`` to ``path``."""
     face = face_to_display(image)
-    heat = normalise_map(attribution)
+    heat = normalise_maps(attribution)
     fig, axes = plt.subplots(1, 3, figsize=(6.0, 2.35))
     cmap = "gray" if face.ndim == 2 else None
     axes[0].imshow(face, cmap=cmap, vmin=0, vmax=1)
@@ -63,7 +57,7 @@ def draw_comparison(images: np.ndarray, maps: dict[str, np.ndarray], row_titles:
         axes[r, 0].set_title(row_titles[r], fontsize=6)
         for c, method in enumerate(methods, start=1):
             axes[r, c].imshow(face, cmap=cmap, vmin=0, vmax=1)
-            axes[r, c].imshow(normalise_map(maps[method][r]), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            axes[r, c].imshow(normalise_maps(maps[method][r]), cmap="jet", alpha=0.5, vmin=0, vmax=1)
             if r == 0:
                 axes[r, c].set_title(method, fontsize=7)
     for ax in axes.flat:

@@ -12,6 +12,7 @@ a :class:`~xai_lab.models.FaceNet`). ``params`` are the method's own keywords (d
 below; the ``explain.<method>`` sections of the config set them). Explainers compute only:
 drawing lives in :mod:`xai_lab.explain.drawing` and scoring in :mod:`xai_lab.explain.metrics`.
 Every hook an explainer registers is removed before it returns, also when it raises.
+:func:`normalise_maps` scales maps to [0, 1] one by one, for drawing and for class means.
 
 Gradient methods come from Captum; Grad-CAM++ is not in Captum and is written here.
 """
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -208,3 +211,22 @@ def explain_batched(
             for i in range(0, len(x), batch_size)
         ]
     return torch.cat(maps) if maps else x.new_zeros((0, *x.shape[-2:]))
+
+
+MapsT = TypeVar("MapsT", np.ndarray, torch.Tensor)
+
+
+def normalise_maps(maps: MapsT) -> MapsT:
+    """Scale each map (the last two dimensions) to [0, 1] by its own minimum and maximum.
+
+    A constant map becomes zeros. Tensors stay tensors (same device and dtype); anything else
+    comes back as a float32 numpy array.
+    """
+    if isinstance(maps, torch.Tensor):
+        lo, hi = maps.amin(dim=(-2, -1), keepdim=True), maps.amax(dim=(-2, -1), keepdim=True)
+        span = hi - lo
+        return (maps - lo) / torch.where(span > 0, span, torch.ones_like(span))
+    m = np.asarray(maps, dtype=np.float32)
+    lo, hi = m.min(axis=(-2, -1), keepdims=True), m.max(axis=(-2, -1), keepdims=True)
+    span = hi - lo
+    return (m - lo) / np.where(span > 0, span, np.float32(1))

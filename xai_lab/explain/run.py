@@ -9,8 +9,10 @@ For each method (``explain.methods``, with its ``explain.<method>`` parameters),
   ``num_each`` most confident mistakes), ``per_class`` (the ``per_class`` most confident images
   of each true class); ``xai/<method>/selection.csv`` lists the images shown;
 - ``xai/comparison_<gallery>.png``: rows are images, columns are methods;
-- ``xai/<method>/class_means.{npz,png}``: each true class's mean map (maps scaled to [0, 1]
-  one by one, explained for the true class);
+- ``xai/<method>/class_means.{npz,png}``: each true class's mean map over its first
+  ``explain.class_means`` images (maps scaled to [0, 1] one by one, explained for the true class
+  with the method's parameters and ``explain.layer``); the npz also records the method, layer,
+  grid and parameters (:class:`ClassMeans`);
 - metrics (:mod:`xai_lab.explain.metrics`) on ``explain.metrics.num_images`` images drawn
   at random (seeded), explained for the predicted class: deletion and insertion AUC, the
   cascading model-parameter randomization test and, when the data has ground-truth masks,
@@ -23,8 +25,10 @@ For each method (``explain.methods``, with its ``explain.<method>`` parameters),
   ``xai/metric_curves.png`` draws the deletion, insertion and randomization curves;
   ``test_summary.json``, when ``evaluate`` wrote one, gets an ``explanations`` summary.
 
-Every map is computed once, in batches on the device: the images and targets that the
-galleries, class means and metrics need are explained together.
+Every map is computed once, in batches on the device: the (image, target) pairs that the
+galleries, class means and metrics need (:func:`plan_requests`) are explained together.
+:func:`explain_model` does all this for a model already loaded (:func:`xai_lab.report.report_model`
+evaluates, plots and explains one); :func:`explain_run` loads a run's ``best.pt`` first.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ import dataclasses
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -41,11 +47,11 @@ import torch
 import torch.nn as nn
 
 from xai_lab.atomic import atomic_write_json, atomic_write_text, atomic_write_with
-from xai_lab.config import ExplainConfig
+from xai_lab.config import ExperimentConfig, ExplainConfig, ExplainMetricsConfig
 from xai_lab.errors import UserError
 from xai_lab.explain import metrics as M
 from xai_lab.explain.drawing import draw_class_means, draw_comparison, draw_explanation, draw_metric_curves
-from xai_lab.explain.explainers import EXPLAINERS, LAYER_METHODS, explain_batched, resolve_layer
+from xai_lab.explain.explainers import EXPLAINERS, LAYER_METHODS, explain_batched, normalise_maps, resolve_layer
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,7 @@ METRIC_KEYS = ("deletion_auc", "insertion_auc", "randomization_spearman", "point
 
 
 class ExplainResult(dict):
-    """What :func:`explain_run` returns: ``{method: [written PNG paths]}``, plus
+    """What :func:`explain_model` returns: ``{method: [written PNG paths]}``, plus
 
     Attributes:
         metrics: the ``xai/metrics.json`` entries of the methods just computed.
@@ -276,7 +282,170 @@ def _read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+# --- which (image, target) pairs are explained ------------------------------------------------
+
+
+def scored_indices(n: int, mc: ExplainMetricsConfig) -> np.ndarray:
+    """The images the metrics score: ``mc.num_images`` of ``n`` drawn at random (seeded), sorted; none when off."""
+    rng = np.random.default_rng(mc.seed)
+    return np.sort(rng.permutation(n)[: mc.num_images]) if mc.enabled else np.zeros(0, np.int64)
+
+
+def class_mean_indices(labels: np.ndarray, num_classes: int, per_class: int) -> np.ndarray:
+    """The images averaged into the class means: the first ``per_class`` of each true class (0: all), class by class."""
+    per = [np.flatnonzero(labels == k)[: per_class or None] for k in range(num_classes)]
+    return np.concatenate(per).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ExplainRequests:
+    """The (image, target class) pairs that a set of outputs asks for, each distinct pair explained once.
+
+    Attributes:
+        index, target: the distinct pairs (image indices into the split, the classes explained), sorted.
+        rows: ``{output: the positions in index/target of the pairs it asked for, in its order}``.
+    """
+
+    index: np.ndarray
+    target: np.ndarray
+    rows: dict[str, np.ndarray]
+
+    def targets(self, output: str) -> np.ndarray:
+        """The classes ``output`` asked to explain, in its order."""
+        return self.target[self.rows[output]]
+
+    def inputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The distinct pairs as one batch on the device of uint8 ``images``: float images in [0, 1], targets."""
+        dev = images.device
+        x = images[torch.as_tensor(self.index, device=dev)].float().div_(255)
+        return x, torch.as_tensor(self.target, device=dev)
+
+    def split(self, maps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Maps of the distinct pairs [n, H, W] -> ``{output: its maps, in the order it asked}``."""
+        return {name: maps[torch.as_tensor(rows, device=maps.device)] for name, rows in self.rows.items()}
+
+
+def plan_requests(outputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> ExplainRequests:
+    """The distinct pairs of ``{output: (image indices, target classes)}`` and where each output's pairs are."""
+    asked = [np.stack([np.asarray(i, np.int64).reshape(-1), np.asarray(t, np.int64).reshape(-1)], 1)
+             for i, t in outputs.values()]
+    pairs, where = np.unique(np.concatenate([np.zeros((0, 2), np.int64), *asked]), axis=0, return_inverse=True)
+    rows = np.split(where.reshape(-1), np.cumsum([len(a) for a in asked])[:-1]) if asked else []
+    return ExplainRequests(pairs[:, 0].copy(), pairs[:, 1].copy(), dict(zip(outputs, rows, strict=True)))
+
+
+# --- class means -------------------------------------------------------------------------------
+
+
+def class_means(maps: torch.Tensor, classes: np.ndarray,
+                class_names: list[str]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Each class's mean of the ``maps`` whose ``classes`` is it, every map scaled to [0, 1] first
+    (:func:`normalise_maps`): ``({name: float32 [H, W]}, {name: count})`` for the classes present."""
+    scaled = normalise_maps(maps)
+    means, counts = {}, {}
+    for k, name in enumerate(class_names):
+        rows = np.flatnonzero(classes == k)
+        if len(rows):
+            means[name] = scaled[torch.as_tensor(rows, device=maps.device)].mean(0).cpu().numpy().astype(np.float32)
+            counts[name] = len(rows)
+    return means, counts
+
+
+@dataclass
+class ClassMeans:
+    """``xai/<method>/class_means.npz``: each true class's mean map (:func:`class_means`) and how it was made.
+
+    The maps are those of the first ``explain.class_means`` images of each class of the split,
+    explained for their true class with the method's ``explain.<method>`` parameters and, for the
+    Grad-CAM family, ``explain.layer``. The npz holds one float32 [H, W] array per class name and,
+    under ``__meta__``, the other fields as JSON (an npz written without it loads with defaults).
+    """
+
+    maps: dict[str, np.ndarray]
+    counts: dict[str, int] = field(default_factory=dict)
+    method: str = ""
+    split: str = ""
+    target_layer: str = ""  # the Grad-CAM family's layer, recorded for every method (as in metrics.json)
+    uses_layer: bool = False  # whether the method reads target_layer
+    cam_grid: list[int] = field(default_factory=list)  # [h, w] of target_layer's output
+    params: dict = field(default_factory=dict)  # the method's explain.<method> parameters
+
+    META_KEY: ClassVar[str] = "__meta__"
+
+    def save(self, path: Path) -> None:
+        meta = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "maps"}
+        _save_npz(path, {**self.maps, self.META_KEY: np.array(json.dumps(meta))})
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClassMeans:
+        with np.load(path) as z:
+            maps = {k: z[k] for k in z.files if k != cls.META_KEY}
+            meta = json.loads(str(z[cls.META_KEY])) if cls.META_KEY in z.files else {}
+        return cls(maps, **meta)
+
+    def title(self) -> str:
+        """The method, and for the Grad-CAM family the layer and its grid (the class-means figure's title)."""
+        if not self.uses_layer:
+            return self.method
+        return f"{self.method} on {self.target_layer} ({'x'.join(map(str, self.cam_grid))})"
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
+            np.savez_compressed(f, **arrays)
+
+    atomic_write_with(path, write)
+
+
+# --- scoring every method on the same images ---------------------------------------------------
+
+
+class _Scoring:
+    """The metrics of each method on one set of scored images, beside the two baselines (made once)."""
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, preds: np.ndarray, masks: np.ndarray | None,
+                 scored: np.ndarray, ec: ExplainConfig):
+        dev = images.device
+        self.model, self.mc, self.batch_size, self.n = model, ec.metrics, ec.batch_size, len(scored)
+        self.x = images[torch.as_tensor(scored, device=dev)].float().div_(255)
+        self.t = torch.as_tensor(preds[scored], device=dev)
+        self.masks = None if masks is None else torch.as_tensor(np.ascontiguousarray(masks[scored]), device=dev)
+        self.random_baseline: dict | None = None
+        self.random_curves: dict | None = None
+        self.randomized: nn.Module | None = None
+
+    def score(self, explainer: _Explainer, maps: torch.Tensor) -> tuple[dict, dict]:
+        """One method's ``maps`` of the scored images: its metrics with the randomization test and both
+        baselines, and its curves."""
+        mc, model, bs = self.mc, self.model, self.batch_size
+        entry, curves = score_maps(model, self.x, self.t, maps, self.masks, explainer, mc, bs)
+        if self.randomized is None:
+            rmaps = M.random_maps(self.n, *maps.shape[-2:], seed=mc.seed, device=maps.device)
+            self.random_baseline, self.random_curves = score_maps(model, self.x, self.t, rmaps, self.masks, None, mc,
+                                                                  bs)
+            self.randomized = M.randomized_copy(model, mc.seed)
+        randomized_maps = explainer(self.randomized, self.x, self.t)
+        randomized_baseline, _ = map_scores(model, self.x, self.t, randomized_maps, self.masks, mc, bs)
+        rho = entry["randomization_spearman"]
+        entry.update(randomization_passed=bool(rho < mc.randomization_threshold),
+                     randomization_verdict=randomization_verdict(rho, mc.randomization_threshold),
+                     randomization_curve=curves["randomization"], random_baseline=dict(self.random_baseline),
+                     randomized_model_baseline=randomized_baseline)
+        return entry, curves
+
+
+def _log_entry(method: str, entry: dict) -> None:
+    pointing = f" pointing {entry['pointing_game']:.3f} IoU {entry['mask_iou']:.3f}" if "pointing_game" in entry else ""
+    log.info("%s: deletion %.3f insertion %.3f randomization rho %.3f%s", method, entry["deletion_auc"],
+             entry["insertion_auc"], entry["randomization_spearman"], pointing)
+    if not entry["randomization_passed"]:
+        log.warning("%s %s", method, entry["randomization_verdict"])
+
+
 # --- the verb ----------------------------------------------------------------------------------
+
+SCORED, CLASS_MEANS = "scored", "class_means"  # the requests of the metrics and the class means, beside the galleries
 
 
 def explain_run(
@@ -291,173 +460,209 @@ def explain_run(
     explain_config: ExplainConfig | None = None,
     metrics: bool | None = None,
 ) -> ExplainResult:
-    """Write explanation galleries and metrics for the run's ``best.pt``.
+    """Write explanation galleries and metrics for the run's ``best.pt``: load it, then :func:`explain_model`.
 
     Args:
         run_dir: the run folder.
         report_dir: where ``xai/`` goes; the run's report folder when None.
-        split, num_each, methods: override ``explain.*`` of the run's config.
-        dataset: the prepared dataset (loaded from the run's config when None).
         device: overrides ``run.device``.
-        explain_config: replaces the run's ``explain`` section (before the overrides above).
+        split, num_each, methods, dataset, explain_config, metrics: as :func:`explain_model`.
+    """
+    from xai_lab.evaluate import load_run
+    from xai_lab.runs import report_dir_for
+
+    run = load_run(run_dir, device)
+    report_dir = Path(report_dir) if report_dir is not None else report_dir_for(run.run_dir)
+    return explain_model(run.model, run.cfg, run.class_names, report_dir, dataset=dataset, split=split,
+                         num_each=num_each, methods=methods, explain_config=explain_config, metrics=metrics)
+
+
+def explain_model(
+    model: nn.Module,
+    cfg: ExperimentConfig,
+    class_names: list[str],
+    report_dir: str | Path,
+    *,
+    dataset=None,
+    split: str | None = None,
+    num_each: int | None = None,
+    methods: list[str] | None = None,
+    explain_config: ExplainConfig | None = None,
+    metrics: bool | None = None,
+) -> ExplainResult:
+    """Write explanation galleries, class means and metrics of a loaded ``model`` (on its device, in eval
+    mode) into ``report_dir/xai``; the part of :func:`explain_run` after loading.
+
+    Args:
+        cfg: the run's config (data, ``train.eval_batch_size``, ``train.amp``, ``explain``).
+        dataset: the prepared dataset (loaded from ``cfg.data`` when None).
+        split, num_each, methods: override ``explain.*``.
+        explain_config: replaces ``cfg.explain`` (before the overrides above).
         metrics: overrides ``explain.metrics.enabled``.
 
     Returns:
         An :class:`ExplainResult`: ``{method: [written PNG paths]}`` with ``.metrics`` (the
         ``xai/metrics.json`` entries computed) and ``.summary`` (the ``explanations`` block).
     """
-    from xai_lab.checkpoint import model_from_checkpoint
-    from xai_lab.data.dataset import load_dataset
-    from xai_lab.device import resolve_device, to_device
-    from xai_lab.evaluate import predict_logits
-    from xai_lab.runs import report_dir_for, resolve_run_dir
+    ec = explain_settings(explain_config or cfg.explain, split=split, num_each=num_each, methods=methods,
+                          metrics=metrics)
+    layer, layer_name = resolve_layer(model, ec.layer)
+    data = _split_to_explain(dataset, cfg, ec.split)
+    report_dir = Path(report_dir)
+    job = _prepare(model, cfg, class_names, data, ec, layer, layer_name, report_dir / "xai")
+    written: dict[str, list[Path]] = {}
+    entries: dict[str, dict] = {}
+    curves: dict[str, dict] = {}
+    shown: dict[str, dict[str, np.ndarray]] = {group: {} for group in job.galleries}
+    for method in ec.methods:
+        written[method], gallery_maps, entry, method_curves = _explain_method(job, method)
+        for group, maps in gallery_maps.items():
+            shown[group][method] = maps[: ec.compare_rows]
+        if entry is not None:
+            entries[method], curves[method] = entry, method_curves
+    _write_comparisons(job, shown)
+    summary = _write_metrics(job, report_dir, entries, curves)
+    return ExplainResult(written, entries, summary, report_dir)
 
-    run_dir = resolve_run_dir(run_dir)
-    report_dir = Path(report_dir) if report_dir is not None else report_dir_for(run_dir)
-    model, cfg, class_names, _ = model_from_checkpoint(run_dir / "best.pt", "cpu")
-    ec = dataclasses.replace(explain_config or cfg.explain)
+
+def explain_settings(ec: ExplainConfig, *, split: str | None = None, num_each: int | None = None,
+                     methods: list[str] | None = None, metrics: bool | None = None) -> ExplainConfig:
+    """A copy of ``ec`` with one call's overrides, checked (``ec`` is left as it is)."""
+    ec = dataclasses.replace(ec)
     ec.split = split or ec.split
     if num_each is not None and num_each < 1:
         raise UserError(f"the number of images per gallery must be >= 1, got {num_each}")
     ec.num_each = num_each or ec.num_each
     ec.methods = check_methods(list(methods or ec.methods))
-    mc = dataclasses.replace(ec.metrics, enabled=ec.metrics.enabled if metrics is None else metrics)
-    layer, layer_name = resolve_layer(model, ec.layer)
-    dev = resolve_device(device or cfg.run.device)
-    model.to(dev)
+    ec.metrics = dataclasses.replace(ec.metrics, enabled=ec.metrics.enabled if metrics is None else metrics)
+    return ec
+
+
+def _split_to_explain(dataset, cfg: ExperimentConfig, split: str):
+    from xai_lab.data.dataset import load_dataset
+
     if dataset is None:
         dataset = load_dataset(cfg.data, progress=cfg.run.progress)
-    if ec.split not in dataset.splits:
-        raise UserError(f"unknown split '{ec.split}'; valid: {', '.join(dataset.splits)}")
-    data = dataset.splits[ec.split]
+    if split not in dataset.splits:
+        raise UserError(f"unknown split '{split}'; valid: {', '.join(dataset.splits)}")
+    data = dataset.splits[split]
     if len(data) == 0:
-        raise UserError(f"the {ec.split} split of {dataset.name} is empty: nothing to explain")
+        raise UserError(f"the {split} split of {dataset.name} is empty: nothing to explain")
+    return data
 
-    images = to_device(data.images, dev)
+
+@dataclass
+class _Job:
+    """What every method of one explain call shares: the split, the model's predictions on it, the
+    requests (galleries, scored images, class means) and where the files go."""
+
+    model: nn.Module
+    ec: ExplainConfig
+    class_names: list[str]
+    data: Any  # the explained Split
+    images: torch.Tensor  # the split's uint8 images, on the model's device
+    preds: np.ndarray
+    conf: np.ndarray
+    layer_name: str
+    grid: list[int]
+    galleries: dict[str, tuple[np.ndarray, list[str]]]
+    requests: ExplainRequests
+    inputs: tuple[torch.Tensor, torch.Tensor]  # the requests' images and targets, as one batch
+    scoring: _Scoring | None
+    xai: Path
+
+
+def _prepare(model: nn.Module, cfg: ExperimentConfig, class_names: list[str], data, ec: ExplainConfig,
+             layer: nn.Module, layer_name: str, xai: Path) -> _Job:
+    """Predict the split, choose the galleries, the scored images and the class means' images, and plan
+    every (image, target) pair they need."""
+    from xai_lab.device import to_device
+    from xai_lab.evaluate import predict_logits
+
+    images = to_device(data.images, next(model.parameters()).device)
     probs = predict_logits(model, images, cfg.train.eval_batch_size, cfg.train.amp).softmax(1).cpu().numpy()
-    preds, conf = probs.argmax(1), probs.max(1)
+    preds = probs.argmax(1)
     grid = cam_grid(model, layer, images[:1].float().div(255))
-
-    # every (image, target) pair any output needs, explained once per method
     galleries = select_galleries(probs, data.labels, ec, class_names)
-    per_class_mean = [np.flatnonzero(data.labels == k)[: ec.class_means or None] for k in range(len(class_names))]
-    rng = np.random.default_rng(mc.seed)
-    scored = np.sort(rng.permutation(len(data))[: mc.num_images]) if mc.enabled else np.zeros(0, np.int64)
-    req_idx = np.concatenate([*(g[0] for g in galleries.values()), scored, *per_class_mean]).astype(np.int64)
-    req_tgt = np.concatenate([*(preds[g[0]] for g in galleries.values()), preds[scored],
-                              *(data.labels[i] for i in per_class_mean)]).astype(np.int64)
-    pairs, where = np.unique(req_idx * len(class_names) + req_tgt, return_inverse=True)
-    x_all = images[torch.as_tensor(pairs // len(class_names), device=dev)].float().div_(255)
-    t_all = torch.as_tensor(pairs % len(class_names), device=dev)
-    bounds = np.cumsum([0, *(len(g[0]) for g in galleries.values()), len(scored), *map(len, per_class_mean)])
+    scored = scored_indices(len(data), ec.metrics)
+    means = class_mean_indices(data.labels, len(class_names), ec.class_means)
+    requests = plan_requests({**{group: (idx, preds[idx]) for group, (idx, _) in galleries.items()},
+                              SCORED: (scored, preds[scored]), CLASS_MEANS: (means, data.labels[means])})
+    scoring = _Scoring(model, images, preds, data.masks, scored, ec) if len(scored) else None
+    return _Job(model, ec, class_names, data, images, preds, probs.max(1), layer_name, grid, galleries, requests,
+                requests.inputs(images), scoring, xai)
 
-    masks = None
-    if mc.enabled and data.masks is not None:
-        masks = torch.as_tensor(np.ascontiguousarray(data.masks[scored]), device=dev)
 
-    written: dict[str, list[Path]] = {}
-    entries: dict[str, dict] = {}
-    curves: dict[str, dict] = {}
-    compare: dict[str, dict[str, np.ndarray]] = {g: {} for g in galleries}
-    random_baseline = random_curves = randomized = None
-    xai = report_dir / "xai"
-    for method in ec.methods:
-        t0 = time.perf_counter()
-        params = method_params(ec, method)
-        explainer = _Explainer(method, params, layer_name, ec.batch_size)
-        maps_all = explainer(model, x_all, t_all)
-        maps_req = maps_all[torch.as_tensor(where, device=dev)]
-        seconds_maps = time.perf_counter() - t0
-        maps_np = maps_req.cpu().numpy()
+def _explain_method(job: _Job, method: str) -> tuple[list[Path], dict[str, np.ndarray], dict | None, dict | None]:
+    """One method's maps of every request, drawn and scored: (written gallery PNGs, each gallery's maps,
+    its metrics entry, its curves); no entry or curves with the metrics off."""
+    t0 = time.perf_counter()
+    params = method_params(job.ec, method)
+    explainer = _Explainer(method, params, job.layer_name, job.ec.batch_size)
+    maps = job.requests.split(explainer(job.model, *job.inputs))
+    seconds_maps = time.perf_counter() - t0
+    gallery_maps = {group: maps[group].cpu().numpy() for group in job.galleries}
+    written = _write_galleries(job, method, gallery_maps)
+    means, counts = class_means(maps[CLASS_MEANS], job.requests.targets(CLASS_MEANS), job.class_names)
+    cm = ClassMeans(means, counts, method=method, split=job.ec.split, target_layer=job.layer_name,
+                    uses_layer=method in LAYER_METHODS, cam_grid=job.grid, params=params)
+    cm.save(job.xai / method / "class_means.npz")
+    draw_class_means(means, counts, job.xai / method / "class_means.png", cm.title())
+    entry = curves = None
+    if job.scoring is not None:
+        entry, curves = job.scoring.score(explainer, maps[SCORED])
+        n, mc = job.scoring.n, job.ec.metrics
+        entry.update(split=job.ec.split, n_images=int(n), n_randomization_images=min(mc.randomization_images, n),
+                     target="predicted class", target_layer=job.layer_name, uses_layer=method in LAYER_METHODS,
+                     cam_grid=job.grid, params=params, seconds_maps=round(seconds_maps, 3),
+                     seconds_total=round(time.perf_counter() - t0, 3))
+        passed, verdict = randomized_model_verdict(entry, mc.randomized_margin)
+        entry.update(beats_randomized_model=passed, randomized_model_verdict=verdict)
+        _log_entry(method, entry)
+    log.info("%s: %d images -> %s (%.1fs)", method, len(written), job.xai / method, time.perf_counter() - t0)
+    return written, gallery_maps, entry, curves
 
-        # galleries
-        written[method] = []
-        rows = []
-        for gi, (group, (idx, files)) in enumerate(galleries.items()):
-            gmaps = maps_np[bounds[gi] : bounds[gi + 1]]
-            compare[group][method] = gmaps[: ec.compare_rows]
-            for rank, (i, fname) in enumerate(zip(idx, files, strict=True)):
-                true, guess = class_names[data.labels[i]], class_names[preds[i]]
-                path = xai / method / group / fname
-                draw_explanation(data.images[i], gmaps[rank], f"true: {true} | pred: {guess} ({conf[i]:.2f})", path,
-                                 method)
-                written[method].append(path)
-                rows.append({"group": group, "file": f"{group}/{fname}", "path": data.paths[i], "true": true,
-                             "pred": guess, "confidence": float(conf[i])})
-        table = pd.DataFrame(rows, columns=["group", "file", "path", "true", "pred", "confidence"])
-        atomic_write_with(xai / method / "selection.csv", lambda p, t=table: t.to_csv(p, index=False))
 
-        # class means (explained for the true class)
-        first = len(galleries) + 1
-        means, counts = {}, {}
-        for k, name in enumerate(class_names):
-            cm = maps_req[bounds[first + k] : bounds[first + k + 1]]
-            if len(cm):
-                lo, hi = cm.amin(dim=(1, 2), keepdim=True), cm.amax(dim=(1, 2), keepdim=True)
-                means[name] = ((cm - lo) / (hi - lo).clamp(min=1e-12)).mean(0).cpu().numpy().astype(np.float32)
-                counts[name] = len(cm)
-        _save_npz(xai / method / "class_means.npz", means)
-        draw_class_means(means, counts, xai / method / "class_means.png", method)
+def _write_galleries(job: _Job, method: str, maps: dict[str, np.ndarray]) -> list[Path]:
+    """Draw every gallery image with its map (``xai/<method>/<gallery>/``) and list them in ``selection.csv``."""
+    names, data = job.class_names, job.data
+    written, rows = [], []
+    for group, (idx, files) in job.galleries.items():
+        for i, fname, attribution in zip(idx, files, maps[group], strict=True):
+            true, guess = names[data.labels[i]], names[job.preds[i]]
+            path = job.xai / method / group / fname
+            draw_explanation(data.images[i], attribution, f"true: {true} | pred: {guess} ({job.conf[i]:.2f})", path,
+                             method)
+            written.append(path)
+            rows.append({"group": group, "file": f"{group}/{fname}", "path": data.paths[i], "true": true,
+                         "pred": guess, "confidence": float(job.conf[i])})
+    table = pd.DataFrame(rows, columns=["group", "file", "path", "true", "pred", "confidence"])
+    atomic_write_with(job.xai / method / "selection.csv", lambda p: table.to_csv(p, index=False))
+    return written
 
-        # metrics
-        if mc.enabled and len(scored):
-            sl = slice(bounds[len(galleries)], bounds[len(galleries) + 1])
-            x_s = images[torch.as_tensor(scored, device=dev)].float().div_(255)
-            t_s = torch.as_tensor(preds[scored], device=dev)
-            entry, curves[method] = score_maps(model, x_s, t_s, maps_req[sl], masks, explainer, mc, ec.batch_size)
-            if random_baseline is None:
-                rmaps = M.random_maps(len(scored), *maps_req.shape[-2:], seed=mc.seed, device=dev)
-                random_baseline, random_curves = score_maps(model, x_s, t_s, rmaps, masks, None, mc, ec.batch_size)
-                randomized = M.randomized_copy(model, mc.seed)
-            randomized_baseline, _ = map_scores(model, x_s, t_s, explainer(randomized, x_s, t_s), masks, mc,
-                                                ec.batch_size)
-            rho = entry["randomization_spearman"]
-            entry.update(
-                randomization_passed=bool(rho < mc.randomization_threshold),
-                randomization_verdict=randomization_verdict(rho, mc.randomization_threshold),
-                randomization_curve=curves[method]["randomization"],
-                random_baseline=dict(random_baseline),
-                randomized_model_baseline=randomized_baseline,
-                split=ec.split, n_images=int(len(scored)), n_randomization_images=min(mc.randomization_images,
-                                                                                    len(scored)),
-                target="predicted class",
-                target_layer=layer_name, uses_layer=method in LAYER_METHODS,
-                cam_grid=grid, params=params, seconds_maps=round(seconds_maps, 3),
-                seconds_total=round(time.perf_counter() - t0, 3),
-            )
-            passed, verdict = randomized_model_verdict(entry, mc.randomized_margin)
-            entry.update(beats_randomized_model=passed, randomized_model_verdict=verdict)
-            entries[method] = entry
-            log.info("%s: deletion %.3f insertion %.3f randomization rho %.3f%s", method, entry["deletion_auc"],
-                     entry["insertion_auc"], rho,
-                     f" pointing {entry['pointing_game']:.3f} IoU {entry['mask_iou']:.3f}" if masks is not None else "")
-            if not entry["randomization_passed"]:
-                log.warning("%s %s", method, entry["randomization_verdict"])
-        log.info("%s: %d images -> %s (%.1fs)", method, len(written[method]), xai / method, time.perf_counter() - t0)
 
-    for group, maps in compare.items():
-        idx = galleries[group][0][: ec.compare_rows]
+def _write_comparisons(job: _Job, shown: dict[str, dict[str, np.ndarray]]) -> None:
+    """``xai/comparison_<gallery>.png``: the first ``explain.compare_rows`` images of each gallery, every method."""
+    names, labels = job.class_names, job.data.labels
+    for group, maps in shown.items():
+        idx = job.galleries[group][0][: job.ec.compare_rows]
         if len(idx):
-            titles = [f"{class_names[data.labels[i]]}/{class_names[preds[i]]} ({conf[i]:.2f})" for i in idx]
-            draw_comparison(data.images[idx], maps, titles, xai / f"comparison_{group}.png",
+            titles = [f"{names[labels[i]]}/{names[job.preds[i]]} ({job.conf[i]:.2f})" for i in idx]
+            draw_comparison(job.data.images[idx], maps, titles, job.xai / f"comparison_{group}.png",
                             f"{group}: true/predicted (confidence)")
 
-    summary: dict = {}
-    if entries:
-        merged = {**(_read_json(xai / "metrics.json") or {}), **entries}
-        atomic_write_json(xai / "metrics.json", merged)
-        atomic_write_text(xai / "metrics.md", metrics_markdown(merged))
-        draw_metric_curves({**curves, "random": random_curves}, xai / "metric_curves.png")
-        summary = explanation_summary(merged)
-        test_summary = _read_json(report_dir / "test_summary.json")
-        if test_summary is not None:
-            atomic_write_json(report_dir / "test_summary.json", {**test_summary, "explanations": summary})
-    return ExplainResult(written, entries, summary, report_dir)
 
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
-            np.savez_compressed(f, **arrays)
-
-    atomic_write_with(path, write)
+def _write_metrics(job: _Job, report_dir: Path, entries: dict[str, dict], curves: dict[str, dict]) -> dict:
+    """``xai/metrics.json`` (merged with the entries of methods not recomputed), ``metrics.md``,
+    ``metric_curves.png`` and ``test_summary.json``'s ``explanations``; returns that summary ({} without metrics)."""
+    if not entries:
+        return {}
+    merged = {**(_read_json(job.xai / "metrics.json") or {}), **entries}
+    atomic_write_json(job.xai / "metrics.json", merged)
+    atomic_write_text(job.xai / "metrics.md", metrics_markdown(merged))
+    draw_metric_curves({**curves, "random": job.scoring.random_curves}, job.xai / "metric_curves.png")
+    summary = explanation_summary(merged)
+    test_summary = _read_json(report_dir / "test_summary.json")
+    if test_summary is not None:
+        atomic_write_json(report_dir / "test_summary.json", {**test_summary, "explanations": summary})
+    return summary

@@ -53,7 +53,8 @@ def with_clean_labels(dataset: Dataset, data_cfg) -> Dataset:
 
 def study_row(cfg: ExperimentConfig, explain: ExplainConfig, vary: dict, clean_labels: bool = True,
               report_root: str | Path | None = None, run_dir: str | Path | None = None) -> dict:
-    """Train ``cfg`` with :func:`~xai_lab.train.fit`, evaluate it and explain it; one flat row.
+    """Train ``cfg`` with :func:`~xai_lab.train.fit`, evaluate it and explain it
+    (:func:`~xai_lab.report.report_model`, without plots); one flat row.
 
     Args:
         cfg: the resolved experiment config.
@@ -63,8 +64,9 @@ def study_row(cfg: ExperimentConfig, explain: ExplainConfig, vary: dict, clean_l
         report_root: reports go to ``<report_root>/<run name>``; the run's report folder when None.
         run_dir: a finished run of the same config to evaluate and explain instead of training one.
     """
-    from xai_lab.evaluate import evaluate_run
-    from xai_lab.explain.run import explain_run
+    from xai_lab.evaluate import load_run
+    from xai_lab.report import report_model
+    from xai_lab.runs import report_dir_for
     from xai_lab.train import fit
 
     t0 = time.perf_counter()
@@ -75,13 +77,14 @@ def study_row(cfg: ExperimentConfig, explain: ExplainConfig, vary: dict, clean_l
         train_summary = json.loads((Path(run_dir) / "train_summary.json").read_text())
         summary = {"run_dir": str(run_dir), "best_val_macro_f1": train_summary["best_val_macro_f1"]}
     scored = with_clean_labels(dataset, cfg.data) if clean_labels else dataset
-    report = Path(report_root) / cfg.run.name if report_root is not None else None
-    ev = evaluate_run(summary["run_dir"], report, dataset=scored, device=cfg.run.device)
-    result = explain_run(summary["run_dir"], report, dataset=scored, device=cfg.run.device, explain_config=explain)
+    run = load_run(summary["run_dir"], cfg.run.device)
+    report = Path(report_root) / cfg.run.name if report_root is not None else report_dir_for(run.run_dir)
+    result = report_model(run, report, dataset=scored, plots=False, explain=explain)
+    ev = result.summary
     row = {**vary, "accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"],
            "best_val_macro_f1": summary["best_val_macro_f1"], "run_dir": summary["run_dir"],
            "report_dir": str(result.report_dir), "seconds": round(time.perf_counter() - t0, 1)}
-    for method, entry in result.metrics.items():
+    for method, entry in result.explanations.metrics.items():
         row["cam_grid"] = "x".join(map(str, entry["cam_grid"]))
         for key in METRIC_KEYS:
             if key in entry:

@@ -78,7 +78,8 @@ def run_identical_trials(scratch: Path, name: str, spec: TrialSpec, dataset=None
         as Tune measured it inside the trial, ``checkpoint_mb``) and the dataset (for reuse).
     """
     from sweeps.config import base_experiments, load_sweep
-    from sweeps.driver import run_tuner, sweep_paths, trial_resources
+    from sweeps.driver import run_tuner, sweep_paths
+    from sweeps.resources import trial_resources
     from xai_lab.data.dataset import load_dataset
 
     cfg = load_sweep(write_sweep(scratch, name, spec))

@@ -4,7 +4,7 @@ On a GPU each level runs n identical trials at once with ``resources.gpu = 1/n``
 0.125: Ray packs them onto the one GPU) and reports the aggregate training images/s (the sum of
 the trials' own rates while they share the GPU), the end-to-end images/s and the sweep's wall
 time, and each trial's peak GPU memory. These figures set the packing rule of
-``resources.gpu: auto`` (:func:`sweeps.driver.packing_fraction`, docs/sweeps.md).
+``resources.gpu: auto`` (:func:`sweeps.resources.packing_fraction`, docs/sweeps.md).
 
 Packing is a GPU measurement. Without a GPU the same levels run with CPU fractions
 (``resources.cpu = cores/n``, each trial one thread), which measures the sweep machinery's cost of
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     one = rows[0]["aggregate_img_per_s"] if rows and rows[0]["trials_at_once"] == 1 else None
     for row in rows:
         row["speedup_vs_one"] = round(row["aggregate_img_per_s"] / one, 3) if one else None
-    from sweeps.driver import packing_fraction
+    from sweeps.resources import packing_fraction
     from xai_lab.config import ModelConfig
 
     result = {

@@ -7,7 +7,35 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+import shlex
+import signal
+
+from xai_lab.errors import Interrupted
+
+
+class StopSignals:
+    """SIGTERM stops a sweep the way Ctrl-C does, and the exit code says which one came (130 or 143).
+
+    SIGTERM is handed to whichever SIGINT handler is installed at that moment: Ray Tune's while trials run
+    (a graceful stop that saves the experiment), Python's (``KeyboardInterrupt``) in the fan-out and the
+    report. Installed after Ray starts, so it replaces the handler Ray puts on SIGTERM.
+    """
+
+    def __init__(self):
+        self.exit_code = 130
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, signum, frame) -> None:
+        self.exit_code = 143
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    def interrupted(self, resume: str) -> Interrupted:
+        name = "SIGTERM" if self.exit_code == 143 else "interrupted (Ctrl-C)"
+        return Interrupted(f"{name}: what finished is saved; carry on with: {resume}", self.exit_code)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -21,23 +49,28 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         # A local Ray, or a cluster on loopback: stay on 127.0.0.1 (Ray reads this when it is imported;
         # otherwise it swaps 127.0.0.1 for the machine's interface address).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from sweeps.driver import check_results_folder, run_sweep, start_ray, sweep_paths
+    from sweeps.driver import check_results_folder, check_writable, run_sweep, start_ray, sweep_paths
 
-    check_results_folder(cfg, sweep_paths(cfg), args.resume)  # before starting Ray: bad input costs nothing
+    paths = sweep_paths(cfg)
+    check_results_folder(cfg, paths, args.resume)  # before starting Ray: bad input costs nothing
+    check_writable(paths.results)
     url = start_ray(address, args.dashboard, quiet=args.quiet)
+    stop = StopSignals()
     if url:
         print(f"Ray dashboard: {url}", flush=True)
-    print(f"sweep {cfg.name}: results in {sweep_paths(cfg).results}", flush=True)
-    outcome = run_sweep(
-        cfg, resume=args.resume, top=args.top, verbose=0 if args.quiet else 1, progress=not args.quiet
-    )
+    print(f"sweep {cfg.name}: results in {paths.results}", flush=True)
+    resume = shlex.join(["xai-lab", "sweep", "--config", args.config, *args.overrides, "--resume",
+                         *(["--smoke"] if args.smoke else [])])
+    try:
+        outcome = run_sweep(cfg, resume=args.resume, top=args.top, verbose=0 if args.quiet else 1,
+                            progress=not args.quiet, autoscaling=bool(address))
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise stop.interrupted(resume) from None
     print(f"leaderboard: {outcome.leaderboard}")
     if outcome.interrupted:
-        print(
-            f"interrupted: state saved; carry on with xai-lab sweep --config {args.config} --resume",
-            file=sys.stderr,
-        )
-        raise KeyboardInterrupt
+        raise stop.interrupted(resume)
     print(f"report: {outcome.index_html}")
     print(f"TensorBoard: tensorboard --logdir {outcome.paths.results}")
 

@@ -91,6 +91,9 @@ class SearchConfig:
     # Ranks the trials. Only val_macro_f1/max: the fan-out evaluates best.pt, which fit selects on it.
     metric: str = "val_macro_f1"
     mode: Literal["max", "min"] = "max"
+    # The Optuna study's database: "" is SQLite in the sweep folder (optuna.db); any SQLAlchemy URL
+    # (postgresql://user:pass@host/db) for a study several drivers or a dashboard share.
+    storage: str = ""
 
 
 @dataclass
@@ -108,7 +111,7 @@ class ResourcesConfig:
     """Per trial: CPUs and GPUs (fractions pack trials on a GPU); ``auto`` uses what Ray sees.
 
     GPU ``auto`` packs each trial by its own depth and input size (see
-    :func:`sweeps.driver.packing_fraction` and docs/sweeps.md).
+    :func:`sweeps.resources.packing_fraction` and docs/sweeps.md).
     """
 
     cpu: float | Literal["auto"] = 1.0
@@ -219,6 +222,7 @@ def load_sweep(
     _check_resources(cfg)
     _check_scheduler(cfg.scheduler)
     _check_metric(cfg.search)
+    _check_storage(cfg.search)
     if smoke:  # the full space is checked first: its errors name its own values
         full = base_experiments(cfg)
         check_space(cfg.space, full)
@@ -278,6 +282,22 @@ def _check_metric(search: SearchConfig) -> None:
     if search.mode != CHECKPOINT_MODE:
         raise UserError(f"sweep key 'search.mode' must be {CHECKPOINT_MODE} for search.metric {CHECKPOINT_METRIC}, "
                         f"got {search.mode!r}: {why}")
+
+
+def _check_storage(search: SearchConfig) -> None:
+    """``search.storage``: empty (SQLite in the sweep folder) or a SQLAlchemy database URL."""
+    if not search.storage:
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(search.storage)
+    except ArgumentError:
+        raise UserError(
+            f"sweep key 'search.storage' must be a SQLAlchemy database URL (sqlite:///path/optuna.db, "
+            f"postgresql://user:password@host/db) or empty for SQLite in the sweep folder; got {search.storage!r}"
+        ) from None
 
 
 def _check_resources(cfg: SweepConfig) -> None:

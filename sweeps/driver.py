@@ -15,9 +15,10 @@ Trials report through :func:`sweeps.trainable.train_trial`; nothing here trains.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +29,12 @@ from ray import tune
 
 from sweeps.config import DefineByRun, SweepConfig, base_experiments, base_point, sweep_to_dict
 from sweeps.leaderboard import build_leaderboard, write_leaderboard
+from sweeps.resources import check_feasible, fanout_resources, trial_resources
 from sweeps.trainable import train_trial
 from xai_lab.atomic import atomic_write_text
-from xai_lab.config import ModelConfig, read_yaml, to_dict
+from xai_lab.config import read_yaml, to_dict
 from xai_lab.data.dataset import load_dataset
 from xai_lab.errors import UserError
-from xai_lab.models import work_per_image
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def check_results_folder(cfg: SweepConfig, paths: SweepPaths, resume: bool) -> N
     """A new sweep never writes into an earlier one; ``--resume`` needs the same sweep."""
     saved = paths.results / "sweep.yaml"
     if not resume:
-        if saved.exists() or (paths.results.exists() and any(paths.results.iterdir())):
+        if saved.exists() or (paths.results.exists() and any(p.name != LOCK_FILE for p in paths.results.iterdir())):
             raise UserError(
                 f"{paths.results} already holds a sweep; pass --resume to carry on with it, "
                 f"or give this one another name (name=NEW)"
@@ -81,6 +82,47 @@ def check_results_folder(cfg: SweepConfig, paths: SweepPaths, resume: bool) -> N
                 f"--resume: sweep key '{key}' differs from the saved {saved}; a resumed sweep must "
                 "search the same space (only fanout and resources may change)"
             )
+
+
+LOCK_FILE = ".lock"  # held (flock) by the driver running the sweep in this folder
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` (and its parents) and check a file can be written in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write the sweep folder {folder}: {e.strerror or e} (set storage=DIR)") from None
+
+
+@contextlib.contextmanager
+def sweep_lock(folder: Path):
+    """Hold ``<folder>/.lock`` for the sweep's lifetime: a second driver on the same sweep folder is refused.
+
+    The lock is an OS lock (``flock``) on a file: it goes away with the process that held it, ``kill -9``
+    included, so a resumed sweep never finds a stale lock.
+    """
+    import fcntl
+
+    check_writable(folder)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(
+                f"{folder} is in use by a running sweep (pid {holder}); wait for it to end, or give this one "
+                "another name (name=NEW)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def start_ray(address: str | None, dashboard: bool, quiet: bool = False) -> str | None:
@@ -120,62 +162,18 @@ def start_ray(address: str | None, dashboard: bool, quiet: bool = False) -> str 
     return None
 
 
-# Packing rule for resources.gpu: auto, from the one-H200 figures in ../shared/DESIGN.md (bf16,
-# channels_last): ResNet18 at 48 px trains at ~18,000 img/s alone at batch 128 and four such trials
-# packed on one GPU reach ~55,000 together (3x): one small trial leaves most of the GPU idle. A trial's
-# work per image is its model's FLOPs relative to ResNet18 at 48 px (xai_lab.models.work_per_image:
-# ResNet18 : 34 : 50 ~ 1 : 2 : 2.3, the CIFAR-style ResNet-20 ~1.1), times (input_size / 48) ** 2, and
-# a trial big enough to fill the GPU on its own (ResNet34/50 at 112 px, 19,500 / 13,000 img/s alone)
-# gains nothing from sharing it. Only the ResNet18-at-48 point is measured; the others follow from the
-# work per image. Re-measure with benchmarks/packing.py on the GPU you sweep on and move the thresholds
-# if its figures say so.
-PACK_FRACTIONS = ((2.0, 0.25), (6.0, 0.5))  # (largest work per image relative to ResNet18@48, fraction)
+def optuna_storage_url(cfg: SweepConfig, paths: SweepPaths) -> str:
+    """The study's database: ``search.storage``, or SQLite in the sweep's results folder (``optuna.db``)."""
+    return cfg.search.storage or f"sqlite:///{(paths.results / 'optuna.db').resolve()}"
 
 
-def packing_fraction(model: ModelConfig) -> float:
-    """The GPU fraction of one trial under ``resources.gpu: auto``: 0.25 (four per GPU) for ResNet18 up
-    to ~64 px, ResNet34 and the CIFAR-style ResNets up to ResNet-32 at 48 px; 0.5 (two per GPU) for
-    mid-sized work (ResNet18 at 96-112 px, ResNet50 at 48 px); a whole GPU for ResNet34/50 at 96-112 px
-    and larger."""
-    work = work_per_image(model)
-    for limit, fraction in PACK_FRACTIONS:
-        if work <= limit:
-            return fraction
-    return 1.0
+def study_name(cfg: SweepConfig, dataset_name: str) -> str:
+    """One Optuna study per dataset of a sweep: ``<sweep>/<dataset>``."""
+    return f"{cfg.name}/{dataset_name}"
 
 
-def trial_resources(cfg: SweepConfig, model=None) -> dict[str, float]:
-    """CPUs and GPUs of one trial (``model``: its ModelConfig, for ``gpu: auto``).
-
-    GPU ``auto``: 0 without GPUs; else :func:`packing_fraction` of the trial's depth and input
-    size, but never a smaller share than ``max_concurrent`` trials need to spread over the GPUs
-    (with 8 GPUs and 4 trials in flight, each gets a whole GPU). CPU ``auto``: the CPUs shared
-    equally by ``max_concurrent`` trials.
-    """
-    total = ray.cluster_resources()
-    n_gpu, n_cpu = total.get("GPU", 0.0), total.get("CPU", 1.0)
-    conc = cfg.search.max_concurrent
-    gpu = cfg.resources.gpu
-    if gpu == "auto":
-        if n_gpu < 1:
-            gpu = 0.0
-        else:
-            share = 1.0 if conc <= n_gpu else 1.0 / math.ceil(conc / n_gpu)
-            gpu = max(share, packing_fraction(model)) if model is not None else share
-    cpu = cfg.resources.cpu
-    if cpu == "auto":
-        cpu = max(1.0, math.floor(n_cpu / conc))
-    return {"cpu": float(cpu), "gpu": float(gpu)}
-
-
-def fanout_gpu(cfg: SweepConfig) -> float:
-    """``fanout.gpu``; ``auto`` is 0.25 of a GPU when Ray sees any (report tasks share a GPU), else 0."""
-    if cfg.fanout.gpu != "auto":
-        return float(cfg.fanout.gpu)
-    return 0.25 if ray.cluster_resources().get("GPU", 0.0) >= 1 else 0.0
-
-
-def _search_alg(cfg: SweepConfig, base):
+def _search_alg(cfg: SweepConfig, base, storage_url: str, name: str):
+    """Optuna TPE over the space, its study kept in ``storage_url`` (resumed, queried, or dashboarded)."""
     if not cfg.space:
         return None
     import optuna
@@ -193,6 +191,8 @@ def _search_alg(cfg: SweepConfig, base):
         mode=cfg.search.mode,
         points_to_evaluate=points,
         sampler=sampler,
+        storage=optuna.storages.RDBStorage(storage_url),
+        study_name=name,
     )
 
 
@@ -257,7 +257,7 @@ def run_tuner(
         tuner = tune.Tuner(
             fn,
             tune_config=tune.TuneConfig(
-                search_alg=_search_alg(cfg, base),
+                search_alg=_search_alg(cfg, base, optuna_storage_url(cfg, paths), study_name(cfg, dataset_name)),
                 scheduler=_scheduler(cfg),
                 num_samples=cfg.search.num_samples,
                 max_concurrent_trials=cfg.search.max_concurrent,
@@ -273,7 +273,13 @@ def run_tuner(
                 verbose=verbose,
             ),
         )
-    return tuner.fit()
+    # Tune installs its own Ctrl-C handler (a graceful stop) and leaves it installed after fit returns:
+    # put back the one from before, so a Ctrl-C in the fan-out or the report stops the sweep there.
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        return tuner.fit()
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 @dataclass
@@ -294,6 +300,7 @@ def run_sweep(
     trainable: Callable = train_trial,
     verbose: int = 1,
     progress: bool = True,
+    autoscaling: bool = False,
 ) -> SweepOutcome:
     """Run the whole sweep on the connected Ray: tune each dataset, then leaderboard, fan-out,
     comparison and report.
@@ -305,20 +312,42 @@ def run_sweep(
         trainable: the Tune function (tests wrap :func:`train_trial` to inject faults).
         verbose: Tune's console verbosity (0-3).
         progress: show the fan-out's progress bar.
+        autoscaling: connected to a cluster whose autoscaler may add nodes: a request no node holds yet
+            is left to it (logged) instead of refused.
 
     Returns:
         A :class:`SweepOutcome`; ``interrupted`` is True after Ctrl-C (the state is saved for --resume).
     """
+    paths = sweep_paths(cfg)
+    check_results_folder(cfg, paths, resume)
+    with sweep_lock(paths.results):
+        check_results_folder(cfg, paths, resume)  # again, now that no other driver can write here
+        return _run_locked(cfg, paths, resume=resume, top=top, trainable=trainable, verbose=verbose,
+                           progress=progress, autoscaling=autoscaling)
+
+
+def check_requests(cfg: SweepConfig, bases: dict, top_k: int, autoscaling: bool) -> None:
+    """Every trial's and report task's resources fit on some node (:func:`sweeps.resources.check_feasible`)."""
+    for name, base in bases.items():
+        res = trial_resources(cfg, base.model)
+        check_feasible(res, f"resources (cpu={cfg.resources.cpu}, gpu={cfg.resources.gpu}) of {name}'s trials",
+                       autoscaling=autoscaling)
+    if top_k:
+        check_feasible(fanout_resources(cfg), f"fanout (cpu={cfg.fanout.cpu}, gpu={cfg.fanout.gpu})",
+                       autoscaling=autoscaling)
+
+
+def _run_locked(cfg, paths, *, resume, top, trainable, verbose, progress, autoscaling) -> SweepOutcome:
+    """:func:`run_sweep`'s steps, with the results folder locked: tune, leaderboard, fan-out, comparison, report."""
     from sweeps.compare import write_comparison
     from sweeps.fanout import run_fanout
     from sweeps.report import build_report
 
-    paths = sweep_paths(cfg)
-    check_results_folder(cfg, paths, resume)
     bases = base_experiments(cfg)
+    top_k = cfg.fanout.top_k if top is None else top
+    check_requests(cfg, bases, top_k, autoscaling)
     # Each dataset goes into the object store once: its trials and its report tasks share that copy.
     datasets = {name: ray.put(load_dataset(base.data, progress=progress)) for name, base in bases.items()}
-    paths.results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(paths.results / "sweep.yaml", yaml.safe_dump(sweep_to_dict(cfg), sort_keys=False))
 
     frames, interrupted = [], False
@@ -335,7 +364,6 @@ def run_sweep(
     outcome = SweepOutcome(paths=paths, interrupted=interrupted, leaderboard=leaderboard)
     if interrupted:
         return outcome
-    top_k = cfg.fanout.top_k if top is None else top
     run_fanout(cfg, paths.results, bases, datasets, top_k, progress=progress)
     write_comparison(paths.results)
     outcome.index_html = build_report(paths.results, top=top_k)

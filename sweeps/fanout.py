@@ -1,9 +1,9 @@
 """The fan-out: evaluate, plots and explain on the top-k trials of each dataset, as Ray tasks.
 
 Each task fetches what it needs of a trial's checkpoint (``best.pt``, ``config.yaml``,
-``train_log.jsonl``; not ``last.pt``), runs xai_lab's evaluation, ``plot_run`` and
-``explain_run`` (every method asked for, through the explainer registry) plus each class's
-mean map, and returns the report files as bytes: the driver writes them
+``train_log.jsonl``; not ``last.pt``), loads the model once and runs
+:func:`xai_lab.report.report_model` on it (evaluation, plots, and every explanation method asked
+for with its galleries, metrics and class means), and returns the report files as bytes: the driver writes them
 under ``reports/<dataset>/<trial>/`` in the single-run layout, so the tasks may run on any
 node. The tasks run concurrently; one that fails is recorded (``error.txt`` in its report
 folder and the leaderboard's ``report`` column) and the others carry on. A progress bar
@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,48 +68,33 @@ def report_trial(job: ReportJob, dataset: Dataset) -> dict[str, bytes]:
     """Evaluate, plot and explain one trial; returns ``{relative path: file bytes}`` of its report.
 
     Runs in a Ray task, or in a plain process (it uses no Ray API besides reading the checkpoint).
-    The model is loaded once for the evaluation and the class maps, and runs on the task's GPU
-    share when it has one (``fanout.gpu``); every model call is batched.
+    The model is loaded once, for :func:`xai_lab.report.report_model`, and runs on the task's GPU
+    share when it has one (``fanout.gpu``); every model call is batched. The explain step uses the
+    trial's ``explain`` section with the job's split, methods, ``num_each`` and ``maps_per_class``
+    (images averaged into each class's mean map, ``xai/<method>/class_means.{npz,png}``).
     """
+    import dataclasses
+
     import torch
 
-    from sweeps.class_maps import class_mean_maps, save_class_maps
-    from xai_lab.checkpoint import model_from_checkpoint
-    from xai_lab.device import release_device_memory, resolve_device
-    from xai_lab.evaluate import evaluate_model
-    from xai_lab.explain.run import explain_run
-    from xai_lab.plots import plot_run
+    from xai_lab.device import release_device_memory
+    from xai_lab.evaluate import load_run
+    from xai_lab.explain.run import explain_settings
+    from xai_lab.report import report_model
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     with tempfile.TemporaryDirectory(prefix="xai-fanout-") as tmp:
         # plots title the curves with the run folder's parent: the trial id
         run_dir = fetch_report_files(job.checkpoint, Path(tmp) / job.trial_id / "run")
         report = Path(tmp) / "report"
-        model, cfg, class_names, state = model_from_checkpoint(run_dir / "best.pt", "cpu")
-        device = resolve_device(cfg.run.device)
+        run = load_run(run_dir)
+        device = run.device
         try:
-            model.to(device)
-            evaluate_model(model, cfg, class_names, report, dataset=dataset, split=job.split,
-                           max_images=job.eval_max_images or None, checkpoint=run_dir / "best.pt",
-                           epoch=int(state["epoch"]))
-            plot_run(run_dir, report)
-            explain_run(
-                run_dir, report, split=job.split, num_each=job.num_each, methods=job.methods, dataset=dataset
-            )
-            data = dataset.splits[job.split]
-            for method in job.methods:
-                maps = class_mean_maps(
-                    model,
-                    data.images,
-                    data.labels,
-                    class_names,
-                    method,
-                    job.maps_per_class,
-                    cfg.explain.batch_size,
-                )
-                save_class_maps(report / "xai" / method / "class_means.npz", maps)
+            explain = explain_settings(run.cfg.explain, split=job.split, num_each=job.num_each, methods=job.methods)
+            report_model(run, report, dataset=dataset, split=job.split, max_images=job.eval_max_images or None,
+                         explain=dataclasses.replace(explain, class_means=job.maps_per_class))
         finally:
-            model = None
+            run = None
             release_device_memory(device)
         return {
             p.relative_to(report).as_posix(): p.read_bytes() for p in sorted(report.rglob("*")) if p.is_file()
@@ -137,6 +123,51 @@ def _methods(fanout: FanoutConfig) -> list[str]:
     return check_methods(list(fanout.methods) or list_explainers())
 
 
+# A report task is retried when its worker process dies (the OOM killer, a lost node): the task is a pure
+# function of its job, so running it again costs only time. An exception it raises (a corrupt checkpoint, a
+# bad method) is deterministic and recorded at once (Ray's retry_exceptions stays False).
+REPORT_RETRIES = 2
+
+
+def report_jobs(cfg: SweepConfig, chosen) -> list[ReportJob]:
+    """One :class:`ReportJob` per chosen leaderboard row."""
+    methods = _methods(cfg.fanout)
+    return [
+        ReportJob(dataset=row.dataset, trial_id=row.trial_id, checkpoint=row.checkpoint, methods=methods,
+                  split=cfg.fanout.split, num_each=cfg.fanout.num_each, maps_per_class=cfg.fanout.maps_per_class,
+                  eval_max_images=cfg.fanout.eval_max_images)
+        for row in chosen.itertuples()
+    ]
+
+
+def report_is_done(out_dir: Path, job: ReportJob) -> bool:
+    """A report finished for this very job: its ``job.json`` (written last) matches, and no ``error.txt``."""
+    saved = out_dir / "job.json"
+    if not saved.is_file() or (out_dir / "error.txt").exists():
+        return False
+    try:
+        return json.loads(saved.read_text()) == json.loads(json.dumps(asdict(job)))
+    except ValueError:
+        return False
+
+
+def save_report(out_dir: Path, job: ReportJob, ref: ray.ObjectRef) -> str:
+    """Write one finished task's files (``job.json`` last) or its ``error.txt``; returns ``ok`` or ``failed: why``."""
+    try:
+        files = ray.get(ref)
+    except Exception as e:  # noqa: BLE001 - any failure of one task is recorded, the rest carry on
+        why = _first_line(e)
+        _write(out_dir / "error.txt", f"{type(e).__name__}: {why}\n")
+        log.warning("report of %s/%s failed: %s", job.dataset, job.trial_id, why)
+        return f"failed: {why}"
+    (out_dir / "error.txt").unlink(missing_ok=True)
+    (out_dir / "job.json").unlink(missing_ok=True)
+    for rel, data in files.items():
+        _write(out_dir / rel, data)
+    _write(out_dir / "job.json", json.dumps(asdict(job), indent=2) + "\n")
+    return "ok"
+
+
 def run_fanout(
     cfg: SweepConfig,
     results: Path,
@@ -144,77 +175,65 @@ def run_fanout(
     datasets: dict[str, Dataset | ray.ObjectRef],
     top_k: int,
     progress: bool = True,
+    task: Callable = report_trial,
 ) -> dict[tuple[str, str], str]:
     """Run the report tasks of the top-k trials of each dataset and record how each went.
+
+    A report already finished for the same job (an earlier run of a resumed sweep) is kept, not redone.
+    On Ctrl-C or SIGTERM the tasks still running are cancelled, the leaderboard records the reports done so
+    far, and the interruption goes on to the caller.
+
+    Args:
+        task: the report function run as a Ray task (tests wrap :func:`report_trial` to inject faults).
 
     Returns:
         ``{(dataset, trial_id): "ok" or "failed: why"}``; the leaderboard's ``report`` column says the same.
     """
     from tqdm.auto import tqdm
 
-    board_path = results / "leaderboard.csv"
-    board = read_leaderboard(board_path)
+    from sweeps.resources import fanout_resources
+
+    board = read_leaderboard(results / "leaderboard.csv")
     if board.empty or top_k == 0:
         return {}
-    chosen = select_top(board, top_k)
-    methods = _methods(cfg.fanout)
-    from sweeps.driver import fanout_gpu
-
+    jobs = report_jobs(cfg, select_top(board, top_k))
+    folder = {(j.dataset, j.trial_id): results / "reports" / j.dataset / j.trial_id for j in jobs}
+    outcome = {(j.dataset, j.trial_id): "ok" for j in jobs if report_is_done(folder[(j.dataset, j.trial_id)], j)}
+    todo = [j for j in jobs if (j.dataset, j.trial_id) not in outcome]
     # the driver's object-store copies when it passes references (one per dataset for the whole sweep)
-    refs = {
-        name: ds if isinstance(ds, ray.ObjectRef) else ray.put(ds)
-        for name, ds in datasets.items()
-        if name in set(chosen["dataset"])
-    }
-    task = ray.remote(report_trial).options(
-        num_cpus=cfg.fanout.cpu, num_gpus=fanout_gpu(cfg), max_retries=0, name="xai-lab-report"
-    )
-    pending = {}
-    for row in chosen.itertuples():
-        job = ReportJob(
-            dataset=row.dataset,
-            trial_id=row.trial_id,
-            checkpoint=row.checkpoint,
-            methods=methods,
-            split=cfg.fanout.split,
-            num_each=cfg.fanout.num_each,
-            maps_per_class=cfg.fanout.maps_per_class,
-            eval_max_images=cfg.fanout.eval_max_images,
-        )
-        pending[task.remote(job, refs[row.dataset])] = job
-    outcome: dict[tuple[str, str], str] = {}
-    bar = tqdm(total=len(pending), desc="reports", unit="trial", disable=not progress, dynamic_ncols=True)
+    refs = {name: ds if isinstance(ds, ray.ObjectRef) else ray.put(ds)
+            for name, ds in datasets.items() if name in {j.dataset for j in todo}}
+    res = fanout_resources(cfg)
+    remote = ray.remote(task).options(num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=REPORT_RETRIES,
+                                      name="xai-lab-report")
+    pending = {remote.remote(job, refs[job.dataset]): job for job in todo}
+    bar = tqdm(total=len(jobs), initial=len(outcome), desc="reports", unit="trial", disable=not progress,
+               dynamic_ncols=True)
     try:
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            job = pending.pop(done[0])
-            out_dir = results / "reports" / job.dataset / job.trial_id
-            try:
-                files = ray.get(done[0])
-            except Exception as e:  # noqa: BLE001 - any failure of one task is recorded, the rest carry on
-                why = _first_line(e)
-                outcome[(job.dataset, job.trial_id)] = f"failed: {why}"
-                _write(out_dir / "error.txt", f"{type(e).__name__}: {why}\n")
-                log.warning("report of %s/%s failed: %s", job.dataset, job.trial_id, why)
-            else:
-                (out_dir / "error.txt").unlink(missing_ok=True)
-                for rel, data in files.items():
-                    _write(out_dir / rel, data)
-                _write(out_dir / "job.json", json.dumps(asdict(job), indent=2) + "\n")
-                outcome[(job.dataset, job.trial_id)] = "ok"
-            bar.update(1)
-            bar.set_postfix(failed=sum(v != "ok" for v in outcome.values()))
+            # a short timeout keeps the driver's main thread responsive to Ctrl-C and SIGTERM
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in done:
+                job = pending.pop(ref)
+                outcome[(job.dataset, job.trial_id)] = save_report(folder[(job.dataset, job.trial_id)], job, ref)
+                bar.update(1)
+                bar.set_postfix(failed=sum(v != "ok" for v in outcome.values()))
     finally:
         bar.close()
-    board["report"] = [
-        outcome.get((d, t), "") for d, t in zip(board["dataset"], board["trial_id"], strict=True)
-    ]
-    scores = [report_scores(results / "reports" / d / t) if outcome.get((d, t)) == "ok" else {}
-              for d, t in zip(board["dataset"], board["trial_id"], strict=True)]
+        for ref in pending:  # interrupted: stop the tasks still running
+            ray.cancel(ref, force=True)
+        record_reports(board, outcome, results)
+    return outcome
+
+
+def record_reports(board, outcome: dict[tuple[str, str], str], results: Path) -> None:
+    """The leaderboard's ``report`` column and each reported trial's scores (:func:`report_scores`)."""
+    keys = list(zip(board["dataset"], board["trial_id"], strict=True))
+    board["report"] = [outcome.get(k, "") for k in keys]
+    scores = [report_scores(results / "reports" / d / t) if outcome.get((d, t)) == "ok" else {} for d, t in keys]
     for column in dict.fromkeys(k for row in scores for k in row):
         board[column] = [row.get(column) for row in scores]
-    write_leaderboard([board], board_path)
-    return outcome
+    write_leaderboard([board], results / "leaderboard.csv")
 
 
 # The explanation metrics a leaderboard row shows per method (xai/metrics.json), beside test accuracy.

@@ -32,6 +32,8 @@ def test_shipped_sweeps_load(in_tmp, path):
     assert (cfg.space and cfg.search.num_samples >= 2) or (not cfg.space and cfg.search.num_samples == 1)
     for base in base_experiments(cfg).values():
         base_point(cfg.space, base)  # the base config lies inside the space: it is evaluated first
+    # requests any cluster can hold: auto resolves to what Ray has (sweeps.resources)
+    assert cfg.resources.gpu == "auto" and cfg.fanout.gpu == "auto"
 
 
 def test_quickstart_smoke_is_tiny(in_tmp):
@@ -209,7 +211,7 @@ def test_checkpoints_land_where_asha_may_stop_a_trial():
 
 
 def test_auto_gpu_fraction_packs_small_trials_and_gives_big_ones_a_gpu():
-    from sweeps.driver import packing_fraction
+    from sweeps.resources import packing_fraction
 
     def pack(depth, size):
         return packing_fraction(ModelConfig(depth=depth, input_size=size))

@@ -7,11 +7,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
+from urllib.parse import unquote
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported: stay on 127.0.0.1
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -21,6 +22,7 @@ import pytest  # noqa: E402
 import ray  # noqa: E402
 from conftest import make_folder_dataset, write_tiny_experiment  # noqa: E402
 from ray import tune  # noqa: E402
+from report_browser import Elements, body_data, dump_dom, screenshot  # noqa: E402
 
 from sweeps.config import load_sweep  # noqa: E402
 from sweeps.driver import run_sweep  # noqa: E402
@@ -185,46 +187,23 @@ def test_comparison_on_shared_classes(sweep):
         assert (results / name).stat().st_size > 1000
 
 
-def chromium_check(index: Path, screenshot: Path) -> dict:
-    """Open ``index`` in headless Chromium: the body's data attributes (image counts) and a screenshot."""
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        pytest.fail("chromium is not installed (make test installs it: apt-get install -y chromium)")
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-    ]
-    url = index.resolve().as_uri()
-    out = {}
-    for i, extra in enumerate(
-        (
-            ["--virtual-time-budget=10000", "--dump-dom"],
-            ["--window-size=1400,2600", f"--screenshot={screenshot}"],
-        )
-    ):
-        profile = index.parent / f".chromium-profile-{i}"
-        res = subprocess.run(
-            [exe, *flags, f"--user-data-dir={profile}", *extra, url],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        shutil.rmtree(profile, ignore_errors=True)
-        assert res.returncode == 0, res.stderr[-2000:]
-        if "--dump-dom" in extra:
-            import re
+def chromium_check(index: Path, shot: Path) -> tuple[Elements, dict]:
+    """Open ``index`` in headless Chromium: the DOM once loaded (parsed), the body's data attributes
+    (how many images, how many did not load: naturalWidth 0) and a screenshot."""
+    dom = dump_dom(index)
+    screenshot(index, shot)
+    return Elements(dom), body_data(dom)
 
-            body = re.search(r"<body([^>]*)>", res.stdout)
-            assert body, res.stdout[:500]
-            out = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(1)))
-    return out
+
+# The blocks of each reported trial's section (data-section), one each (the sweep's reports all have them).
+TRIAL_SECTIONS = ("test-metrics", "confusion-matrix", "explanation-metrics", "metric-curves", "metrics-md",
+                  "methods-compared")
+
+
+def _galleries_on_disk(out: Path) -> Counter:
+    """``(gallery, method)`` of every gallery folder holding a PNG, counted over the pulled reports."""
+    return Counter((f"gallery-{g.name}", g.parent.name) for g in out.glob("reports/*/*/xai/*/*")
+                   if g.is_dir() and any(g.glob("*.png")))
 
 
 def test_report_opens_in_chromium_with_every_image(sweep, tmp_path):
@@ -238,37 +217,89 @@ def test_report_opens_in_chromium_with_every_image(sweep, tmp_path):
     page = index.read_text()
     assert "file://" not in page and str(sweep.paths.results) not in page
     shot = tmp_path / "report.png"
-    attrs = chromium_check(index, shot)
+    dom, attrs = chromium_check(index, shot)
     assert int(attrs["images"]) > 20 and attrs["broken"] == "0", attrs
     assert shot.stat().st_size > 50_000
     shutil.copy(shot, Path("/tmp") / "xai_lab_report_test.png")
 
+    # every figure in the folder is an <img> of the page, and each loaded (naturalWidth > 0 above)
+    pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert sorted(unquote(a["src"]) for a in dom.having("img")) == pngs and int(attrs["images"]) == len(pngs)
+    assert not dom.having(data_section="other-figures")  # each has its own place on the page
+    # the page's sections, and each trial's blocks
+    for section in ("best", "comparison", "leaderboard"):
+        assert dom.having(id=section), section
+    assert len(dom.having("h2", data_section="dataset")) == 2
+    assert len(dom.having("section", **{"class": "trial"})) == 2
+    for block in TRIAL_SECTIONS:
+        assert len(dom.having(data_section=block)) == 2, block
+    assert len(dom.having(data_section="curve")) == 4 * 2
+    methods = {p.name for p in out.glob("reports/*/*/xai/*") if p.is_dir()}
+    assert {"saliency", "gradcam"} <= methods  # every registered explainer
+    for method in methods:
+        assert len(dom.having(data_section="method", data_method=method)) == 2, method
+    assert len(dom.having(data_section="class-means")) == 2 * len(methods)
+    galleries = Counter((a["data-section"], a["data-method"]) for a in dom.having("details")
+                        if a.get("data-section", "").startswith("gallery-"))
+    assert galleries == _galleries_on_disk(out)
+    assert all(galleries[(g, m)] == 2 for g in ("gallery-high_conf", "gallery-low_conf") for m in methods)
+    assert "test accuracy" in dom.text and "Explanation metrics" in dom.text  # the headline, metrics.md
 
-def test_a_failed_report_is_recorded_and_costs_the_others_nothing(sweep, workdir):
-    """Runs last: breaks one top trial's checkpoint and runs the fan-out again."""
+
+def dies_once_then_reports(marker: Path, calls: Path):
+    """The real report task, but the first run of all kills its worker process (as the OOM killer would)."""
+
+    def task(job, dataset):
+        from sweeps.fanout import report_trial
+
+        with open(calls, "a") as f:
+            f.write(f"{job.dataset}/{job.trial_id}\n")
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return report_trial(job, dataset)
+        os._exit(1)
+
+    return task
+
+
+def test_fanout_retries_a_dead_worker_but_not_a_failed_report(sweep, workdir, tmp_path):
+    """On a copy of the sweep: one worker dies once (retried, ok); one checkpoint is corrupt (failed, not retried)."""
     from sweeps.config import base_experiments
     from sweeps.fanout import run_fanout
     from sweeps.report import build_report
     from xai_lab.data.dataset import load_dataset
 
+    results = tmp_path / "main"
+    shutil.copytree(sweep.paths.results, results, ignore=shutil.ignore_patterns("reports", "*.lock"))
+    board = pd.read_csv(results / "leaderboard.csv", dtype={"report": str})
+    victim = board[(board["dataset"] == "tinya") & (board["rank"] == 1)].index[0]
+    broken = tmp_path / "broken_checkpoint"
+    shutil.copytree(board.loc[victim, "checkpoint"], broken)
+    (broken / "best.pt").write_bytes(b"not a checkpoint")
+    board.loc[victim, "checkpoint"] = str(broken)
+    board.to_csv(results / "leaderboard.csv", index=False)
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
         cfg = load_sweep("main.yaml")
-        board = pd.read_csv(sweep.leaderboard)
-        victim = board[(board["dataset"] == "tinya") & (board["rank"] == 1)].iloc[0]
-        (Path(victim["checkpoint"]) / "best.pt").write_bytes(b"not a checkpoint")
         bases = base_experiments(cfg)
         datasets = {name: load_dataset(b.data) for name, b in bases.items()}
-        outcome = run_fanout(cfg, sweep.paths.results, bases, datasets, top_k=2, progress=False)
+        task = dies_once_then_reports(tmp_path / "died", tmp_path / "calls.txt")
+        outcome = run_fanout(cfg, results, bases, datasets, top_k=2, progress=False, task=task)
     finally:
         os.chdir(cwd)
-    assert outcome[("tinya", victim["trial_id"])].startswith("failed: UserError: cannot read checkpoint")
-    assert sum(v == "ok" for v in outcome.values()) == 3
-    board = pd.read_csv(sweep.leaderboard, dtype={"report": str})
-    assert board.set_index("trial_id").loc[victim["trial_id"], "report"].startswith("failed")
-    assert (sweep.paths.results / "reports" / "tinya" / victim["trial_id"] / "error.txt").is_file()
-    page = build_report(sweep.paths.results).read_text()
+    trial = board.loc[victim, "trial_id"]
+    assert outcome.pop(("tinya", trial)).startswith("failed: UserError: cannot read checkpoint")
+    assert list(outcome.values()) == ["ok"] * 3  # the task whose worker died ran again and ended ok
+    calls = (tmp_path / "calls.txt").read_text().split()
+    assert (tmp_path / "died").exists() and len(calls) == 5  # 4 tasks, one of them twice
+    victim_calls = calls.count(f"tinya/{trial}")  # a deterministic error is not retried
+    assert victim_calls == 1 + (calls[0] == f"tinya/{trial}")
+    board = pd.read_csv(results / "leaderboard.csv", dtype={"report": str})
+    assert board.set_index("trial_id").loc[trial, "report"].startswith("failed")
+    assert (results / "reports" / "tinya" / trial / "error.txt").is_file()
+    page = build_report(results).read_text()
     assert "report failed" in page and "cannot read checkpoint" in page
 
 

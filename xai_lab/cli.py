@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from xai_lab.errors import UserError
+from xai_lab.errors import Interrupted, UserError
 
 log = logging.getLogger("xai_lab")
 
@@ -398,9 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"xai-lab {args.verb}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"xai-lab {args.verb}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        why = e.message if isinstance(e, Interrupted) else "interrupted"
+        print(f"xai-lab {args.verb}: {why}", file=sys.stderr)
+        return e.exit_code if isinstance(e, Interrupted) else 130
     return 0
 
 

@@ -10,3 +10,11 @@ from __future__ import annotations
 
 class UserError(Exception):
     """Bad input from the user: reported as one line, exit code 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal: Ctrl-C (SIGINT, exit 130) or SIGTERM (exit 143), after saving what is done."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.message, self.exit_code = message, exit_code

@@ -28,7 +28,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from xai_lab.atomic import atomic_write_with  # noqa: E402
-from xai_lab.config import ExplainConfig, ExplainMetricsConfig, load_experiment  # noqa: E402
+from xai_lab.config import ExplainConfig, ExplainMetricsConfig  # noqa: E402
+from xai_lab.experiment import load_experiment
 from xai_lab.explain.drawing import draw_comparison  # noqa: E402
 from xai_lab.explain.study import study_row  # noqa: E402
 from xai_lab.plots import save_figure  # noqa: E402

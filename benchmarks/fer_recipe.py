@@ -60,12 +60,13 @@ from pathlib import Path
 
 import torch
 
-from xai_lab.config import ExperimentConfig, load_experiment, parse_override
+from xai_lab.config import ExperimentConfig, parse_override
 from xai_lab.data.dataset import Dataset, load_dataset
 from xai_lab.data.prepare import config_sha1, prepare, processed_dir
 from xai_lab.device import resolve_device
 from xai_lab.errors import UserError
 from xai_lab.evaluate import evaluate_run
+from xai_lab.experiment import load_experiment
 from xai_lab.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]

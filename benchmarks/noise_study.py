@@ -19,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from xai_lab.atomic import atomic_write_with
-from xai_lab.config import ExplainConfig, build_dataclass, load_experiment, read_yaml
+from xai_lab.config import ExplainConfig, build_dataclass, read_yaml
+from xai_lab.experiment import load_experiment
 from xai_lab.explain.study import plot_against, study_row
 
 EXP = "configs/experiments/exp000_resnet18_saliency_synthfaces.yaml"

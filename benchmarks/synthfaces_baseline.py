@@ -20,8 +20,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from xai_lab.config import load_experiment
 from xai_lab.data.dataset import load_dataset
+from xai_lab.experiment import load_experiment
 
 
 def main(argv: list[str] | None = None) -> dict:

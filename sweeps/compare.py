@@ -27,27 +27,11 @@ import pandas as pd  # noqa: E402
 from sweeps.leaderboard import read_leaderboard  # noqa: E402
 from xai_lab.atomic import atomic_write_json, atomic_write_with  # noqa: E402
 from xai_lab.config import read_yaml  # noqa: E402
-from xai_lab.data.emotions import canonical  # noqa: E402
+from xai_lab.data.emotions import class_key, common_classes  # noqa: E402
 from xai_lab.explain.run import ClassMeans  # noqa: E402
 from xai_lab.plots import save_figure  # noqa: E402
 
 IGNORED_KEYS = ("run.", "data.", "explain.")  # differ by construction between datasets
-
-
-def canonical_class(name: str) -> str:
-    """The comparable name of a class: its word in the shared emotion vocabulary
-    (:mod:`xai_lab.data.emotions`: angry/anger -> anger, happy -> happiness, ...), else its own
-    name, trimmed and lower-cased."""
-    return canonical(name) or name.strip().lower()
-
-
-def shared_classes(class_lists: dict[str, list[str]]) -> list[str]:
-    """Canonical classes present in every dataset, in the first dataset's order."""
-    lists = list(class_lists.values())
-    if not lists:
-        return []
-    common = set.intersection(*({canonical_class(c) for c in names} for names in lists))
-    return [canonical_class(c) for c in lists[0] if canonical_class(c) in common]
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:
@@ -80,7 +64,7 @@ def write_comparison(results: Path) -> Path | None:
         return None
     summaries = {d: json.loads((folder / "test_summary.json").read_text()) for d, (_, folder) in best.items()}
     configs = {d: _flatten(read_yaml(folder / "config.yaml")) for d, (_, folder) in best.items()}
-    shared = shared_classes({d: s["class_names"] for d, s in summaries.items()})
+    shared = common_classes(*(s["class_names"] for s in summaries.values()))
     differing = sorted(
         k
         for k in set().union(*configs.values())
@@ -88,9 +72,9 @@ def write_comparison(results: Path) -> Path | None:
     )
     rows = []
     for d, s in summaries.items():
-        per_class = {canonical_class(name): v for name, v in s["per_class"].items()}
+        per_class = {class_key(name): v for name, v in s["per_class"].items()}
         f1s = [per_class[c]["f1"] for c in shared]
-        only = sorted({canonical_class(c) for c in s["class_names"]} - set(shared))
+        only = sorted({class_key(c) for c in s["class_names"]} - set(shared))
         rows.append(
             {
                 "dataset": d,
@@ -147,7 +131,7 @@ def _plot_maps(best: dict[str, tuple[str, Path]], shared: list[str], method: str
     maps = {}
     for d, (_, folder) in best.items():
         f = folder / "xai" / method / "class_means.npz"
-        maps[d] = {canonical_class(k): v for k, v in ClassMeans.load(f).maps.items()} if f.is_file() else {}
+        maps[d] = {class_key(k): v for k, v in ClassMeans.load(f).maps.items()} if f.is_file() else {}
     rows, cols = len(maps), max(1, len(shared))
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 0.6, 1.75 * rows + 0.4), squeeze=False)
     for i, (d, by_class) in enumerate(maps.items()):

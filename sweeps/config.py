@@ -33,21 +33,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from xai_lab.cli import SMOKE_PER_CLASS
 from xai_lab.config import (
     SECTIONS,
+    SMOKE_PER_CLASS,
     ExperimentConfig,
     ModelConfig,
     apply_overrides,
     build_dataclass,
     from_dict,
-    load_experiment,
     read_yaml,
-    resolve,
     set_key,
     to_dict,
 )
 from xai_lab.errors import UserError
+from xai_lab.experiment import load_experiment, resolve
 
 Scalar = Union[bool, int, float, str]  # noqa: UP007 - read by get_type_hints on 3.10
 
@@ -214,7 +213,7 @@ def load_sweep(
     for ref in cfg.experiments:
         ref.config = str(_find_file(ref.config, path))
         if smoke:  # the single-run smoke settings, except keys the space samples
-            from xai_lab.cli import smoke_overrides
+            from xai_lab.experiment import smoke_overrides
 
             extra = [o for o in smoke_overrides(ref.config) if o.split("=", 1)[0] not in cfg.space]
             ref.overrides = [*ref.overrides, *extra]

@@ -18,17 +18,6 @@ import pandas as pd
 from sweeps.config import SchedulerConfig, SweepConfig
 from xai_lab.atomic import atomic_write_with
 
-METRIC_COLUMNS = [
-    "best_val_macro_f1",
-    "best_epoch",
-    "final_val_macro_f1",
-    "final_val_accuracy",
-    "final_val_loss",
-    "epochs_run",
-    "wall_seconds",
-    "images_per_second",
-]
-
 
 def _error_line(trial) -> str:
     path = trial.error_file

@@ -10,9 +10,10 @@ import yaml
 from conftest import ROOT, SHARED
 from PIL import Image, ImageFilter
 
-from xai_lab.config import AuditConfig, build_data_config
+from xai_lab.config import AuditConfig
 from xai_lab.data.audit import split_shift_sections, summary_lines
 from xai_lab.data.prepare import prepare
+from xai_lab.experiment import build_data_config
 
 CLASSES = ("happy", "sad")
 PER_CLASS = 12  # 24 images per split: a small dataset

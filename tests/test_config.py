@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from xai_lab.config import ExperimentConfig, from_dict, load_experiment, load_saved, save_config, to_dict
+from xai_lab.config import ExperimentConfig, from_dict, load_saved, save_config, to_dict
 from xai_lab.errors import UserError
+from xai_lab.experiment import load_experiment
 
 EXP = "configs/experiments/exp000_resnet18_saliency_synthfaces.yaml"
 

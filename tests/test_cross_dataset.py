@@ -9,10 +9,10 @@ import pytest
 from conftest import ROOT, SHARED
 
 from xai_lab.cli import main
-from xai_lab.config import load_experiment
 from xai_lab.data.emotions import EMOTIONS, canonical, shared_classes, vocabulary_mapping
 from xai_lab.data.fer import FER2013_CLASSES, FERPLUS_CLASSES
 from xai_lab.errors import UserError
+from xai_lab.experiment import load_experiment
 from xai_lab.train import fit
 
 CKPLUS = ["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]

@@ -58,7 +58,7 @@ def test_depth_is_a_shorthand_for_the_name_and_both_are_checked():
 
 
 def test_an_override_of_depth_or_name_replaces_the_other(tmp_path):
-    from xai_lab.config import load_experiment
+    from xai_lab.experiment import load_experiment
 
     exp = tmp_path / "exp.yaml"
     exp.write_text("model: {depth: 18, input_size: 32}\n")

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from xai_lab.config import load_experiment
 from xai_lab.data.dataset import load_dataset
 from xai_lab.data.prepare import prepare
+from xai_lab.experiment import load_experiment
 
 EXP = "configs/experiments/exp000_resnet18_saliency_synthfaces.yaml"
 

@@ -12,8 +12,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from xai_lab.checkpoint import load_checkpoint, model_from_checkpoint
-from xai_lab.config import TrainConfig, load_experiment
+from xai_lab.config import TrainConfig
 from xai_lab.evaluate import evaluate_run, predict_logits
+from xai_lab.experiment import load_experiment
 from xai_lab.recipe import make_ema, mix_batch, mix_rng, mixed_cross_entropy, restore_ema, update_ema
 from xai_lab.train import fit, lr_factor
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import make_folder_dataset, write_tiny_experiment
 
-from xai_lab.config import load_experiment
+from xai_lab.experiment import load_experiment
 from xai_lab.explain.explainers import explain_batched, normalise_maps
 from xai_lab.explain.run import ClassMeans, plan_requests
 from xai_lab.models import cam_grid_size

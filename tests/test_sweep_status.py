@@ -12,7 +12,7 @@ from sweeps.config import SchedulerConfig
 from sweeps.fanout import select_top
 from sweeps.leaderboard import trial_status
 from xai_lab.checkpoint import CheckpointPolicy
-from xai_lab.config import load_experiment
+from xai_lab.experiment import load_experiment
 from xai_lab.train import fit
 
 ASHA = SchedulerConfig(type="asha", max_epochs=10, grace_period=2, reduction_factor=2)

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from xai_lab.checkpoint import CheckpointPolicy, load_checkpoint, model_from_checkpoint
-from xai_lab.config import TrainConfig, load_experiment, load_saved
+from xai_lab.config import TrainConfig, load_saved
 from xai_lab.data.dataset import load_dataset
 from xai_lab.evaluate import evaluate_run
+from xai_lab.experiment import load_experiment
 from xai_lab.train import fit, lr_factor
 
 EXP = "configs/experiments/exp000_resnet18_saliency_synthfaces.yaml"

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from xai_lab.config import load_experiment, save_config
+from xai_lab.config import save_config
 from xai_lab.errors import UserError
+from xai_lab.experiment import load_experiment
 from xai_lab.plots import read_train_log
 
 EXP = ROOT / "configs/experiments/exp000_resnet18_saliency_synthfaces.yaml"

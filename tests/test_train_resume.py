@@ -17,7 +17,7 @@ import torch
 
 from xai_lab.checkpoint import load_checkpoint, save_checkpoint
 from xai_lab.cli import main
-from xai_lab.config import load_experiment
+from xai_lab.experiment import load_experiment
 from xai_lab.train import fit, trim_train_log
 
 EXP = "configs/experiments/exp000_resnet18_saliency_synthfaces.yaml"

@@ -15,22 +15,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from xai_lab.config import RESUME_OVERRIDES, SMOKE_EVAL_IMAGES, SMOKE_EXPLAIN, SMOKE_PER_CLASS
 from xai_lab.errors import Interrupted, UserError
 
 log = logging.getLogger("xai_lab")
-
-SMOKE_OVERRIDES = ["train.epochs=1", "train.batch_size=16", "explain.num_each=2"]
-# explain --smoke: tiny galleries, a few scored images, cheap method settings
-SMOKE_EXPLAIN = ["explain.num_each=2", "explain.per_class=1", "explain.class_means=2", "explain.compare_rows=2",
-                 "explain.metrics.num_images=8", "explain.metrics.steps=4", "explain.metrics.randomization_images=2",
-                 "explain.smoothgrad.samples=4", "explain.integrated_gradients.steps=8", "explain.occlusion.window=16",
-                 "explain.occlusion.stride=16"]
-SMOKE_PER_CLASS = 12
-SMOKE_EVAL_IMAGES = 64
-# The overrides train --resume takes: none changes what the run computes on the same kind of device
-# (on another kind, e.g. cpu -> cuda, the run continues with fresh random draws and other rounding).
-RESUME_OVERRIDES = ("run.device", "run.progress", "run.tensorboard")
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line and exit code 2."""
@@ -39,20 +27,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def smoke_overrides(config_path: str) -> list[str]:
-    """The overrides ``--smoke`` adds: one short epoch on a dozen images per class."""
-    from xai_lab.config import load_experiment
-
-    cfg = load_experiment(config_path)
-    if cfg.data.source == "synthfaces":
-        return [f"data.synthfaces.n_per_class={SMOKE_PER_CLASS}", *SMOKE_OVERRIDES]
-    # A smoke run prepares its own small copy instead of replacing the full one.
-    return [f"data.limit_per_class={SMOKE_PER_CLASS}", f"data.name={cfg.data.name}_limit{SMOKE_PER_CLASS}",
-            *SMOKE_OVERRIDES]
-
-
 def load_config(args: argparse.Namespace):
-    from xai_lab.config import load_experiment
+    from xai_lab.experiment import load_experiment, smoke_overrides
 
     overrides = (smoke_overrides(args.config) if args.smoke else []) + list(args.overrides)
     return load_experiment(args.config, overrides)
@@ -75,9 +51,9 @@ def load_run_config(
         parse_override,
         read_data_section,
         read_yaml,
-        resolve,
         to_dict,
     )
+    from xai_lab.experiment import resolve
     from xai_lab.runs import resolve_run_dir
 
     run_dir = resolve_run_dir(args.run_dir)
@@ -122,7 +98,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    from xai_lab.data.audit import run_audit, summary_lines
+    from xai_lab.data.audit import summary_lines
+    from xai_lab.data.prepare import run_audit
 
     cfg = load_config(args)
     report, out = run_audit(cfg.data, progress=cfg.run.progress)

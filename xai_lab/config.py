@@ -95,14 +95,11 @@ class AuditConfig:
     max_examples: int = _bounded(20, 0)  # examples listed per finding in audit.json / audit.md
 
 
-DataSource = Literal["synthfaces", "folder", "ckplus", "fer2013", "ferplus"]
-
-
 @dataclass
 class DataConfig:
     """Which dataset, where it is, and how it is split and decoded."""
 
-    source: DataSource = "synthfaces"
+    source: str = "synthfaces"  # a registered source (xai_lab.data.sources): synthfaces, folder, ckplus, ...
     root: str = ""  # raw dataset folder; synthfaces defaults to data/raw/<name>
     layout: Literal["auto", "folders", "csv"] = "auto"  # fer2013/ferplus: image folders or the original CSVs
     name: str = ""  # processed folder name under processed_root; derived when empty
@@ -493,15 +490,30 @@ def apply_overrides(values: dict, overrides: list[str] | tuple[str, ...]) -> dic
     return values
 
 
-def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Load an experiment YAML, its section files and ``overrides`` into a checked config.
+# --smoke: one short epoch on a dozen images per class (xai_lab.experiment.smoke_overrides, the sweeps' --smoke)
+SMOKE_OVERRIDES = ["train.epochs=1", "train.batch_size=16", "explain.num_each=2"]
+# explain --smoke: tiny galleries, a few scored images, cheap method settings
+SMOKE_EXPLAIN = ["explain.num_each=2", "explain.per_class=1", "explain.class_means=2", "explain.compare_rows=2",
+                 "explain.metrics.num_images=8", "explain.metrics.steps=4", "explain.metrics.randomization_images=2",
+                 "explain.smoothgrad.samples=4", "explain.integrated_gradients.steps=8", "explain.occlusion.window=16",
+                 "explain.occlusion.stride=16"]
+SMOKE_PER_CLASS = 12
+SMOKE_EVAL_IMAGES = 64
+# The overrides train --resume takes: none changes what the run computes on the same kind of device
+# (on another kind, e.g. cpu -> cuda, the run continues with fresh random draws and other rounding).
+RESUME_OVERRIDES = ("run.device", "run.progress", "run.tensorboard")
+
+
+def read_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read an experiment YAML, its section files and ``overrides`` into a checked config.
 
     Args:
         path: the experiment YAML (its sections are file paths or inline mappings).
         overrides: dotted ``key=value`` strings applied last.
 
     Returns:
-        The resolved :class:`ExperimentConfig` (derived names and paths filled in).
+        The :class:`ExperimentConfig` as written, not yet resolved against the registries of data
+        sources and models (:func:`xai_lab.experiment.load_experiment` does both).
     """
     path = Path(path)
     top = read_yaml(path)
@@ -524,22 +536,7 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         values[section] = content
     apply_overrides(values, overrides)
     values.setdefault("run", {}).setdefault("name", path.stem)
-    return resolve(from_dict(values))
-
-
-def build_data_config(values: dict, prefix: str = "data") -> DataConfig:
-    """A checked, resolved :class:`DataConfig` from a dict (a data YAML's content, or values in code)."""
-    from xai_lab.data.sources import default_name, default_root
-
-    if not isinstance(values, dict):
-        raise UserError(f"config '{prefix}' must be a mapping, got {values!r}")
-    data = _from_dict(DataConfig, values, prefix)
-    check_data(data)
-    if not data.root:
-        data.root = default_root(data)
-    if not data.name:
-        data.name = default_name(data)
-    return data
+    return from_dict(values)
 
 
 def read_data_section(path: str | Path) -> dict:
@@ -554,22 +551,6 @@ def read_data_section(path: str | Path) -> dict:
         if not isinstance(top, dict):
             raise UserError(f"the data section of {path} must be a mapping")
     return top
-
-
-def resolve(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Fill in derived values (run name, dataset name and root, model name and depth) so that the saved
-    config is explicit."""
-    from xai_lab.data.sources import default_name, default_root
-    from xai_lab.models import resolve_model_config
-
-    if not cfg.data.root:
-        cfg.data.root = default_root(cfg.data)
-    if not cfg.data.name:
-        cfg.data.name = default_name(cfg.data)
-    resolve_model_config(cfg.model)
-    if not cfg.run.name:
-        cfg.run.name = "experiment"
-    return cfg
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:

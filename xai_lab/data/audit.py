@@ -672,21 +672,6 @@ def audit_dataset(data: DataConfig, out: str | Path) -> dict[str, Any]:
     return report
 
 
-def run_audit(data: DataConfig, progress: bool = False) -> tuple[dict[str, Any], Path]:
-    """Audit ``data``'s prepared dataset, preparing it first when missing or made with other settings."""
-    from xai_lab.data.prepare import config_sha1, prepare, processed_dir
-
-    out = processed_dir(data)
-    try:
-        info = json.loads((out / "dataset.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        info = None
-    cache_ok = info is not None and (out / "cache" / str(info.get("cache_key")) / "images.npy").is_file()
-    if info is None or info.get("config_sha1") != config_sha1(data) or not cache_ok:
-        prepare(data, progress=progress, audit=False)
-    return audit_dataset(data, out), out
-
-
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """A few lines for the terminal."""
     ex, near, subj, bal = (

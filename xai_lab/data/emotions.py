@@ -67,20 +67,30 @@ class SharedClasses:
     data_only: list[str]  # dataset classes the model lacks (their images are not scored)
 
 
-def shared_classes(model_classes: list[str], data_classes: list[str]) -> SharedClasses:
-    """Line up two class lists on the vocabulary (unmapped names match only themselves)."""
+def class_key(name: str) -> str:
+    """What a class is matched by across datasets: its emotion (:func:`canonical`), else its own name,
+    trimmed and lower-cased (so two datasets' ``Other`` classes still match)."""
+    return canonical(name) or name.strip().lower()
 
-    def key(c: str) -> str:
-        return canonical(c) or c
 
-    model_of = {key(c): i for i, c in enumerate(model_classes)}
-    data_of = {key(c): i for i, c in enumerate(data_classes)}
+def common_classes(*class_lists: list[str]) -> list[str]:
+    """The class keys (:func:`class_key`) every list has, emotions in the vocabulary's order, then others by name."""
+    if not class_lists:
+        return []
+    common = set.intersection(*({class_key(c) for c in names} for names in class_lists))
     order = {e: i for i, e in enumerate(EMOTIONS)}
-    common = sorted(set(model_of) & set(data_of), key=lambda e: (order.get(e, len(order)), e))
+    return sorted(common, key=lambda e: (order.get(e, len(order)), e))
+
+
+def shared_classes(model_classes: list[str], data_classes: list[str]) -> SharedClasses:
+    """Line up a model's classes and a dataset's on the vocabulary (:func:`common_classes`)."""
+    model_of = {class_key(c): i for i, c in enumerate(model_classes)}
+    data_of = {class_key(c): i for i, c in enumerate(data_classes)}
+    common = common_classes(model_classes, data_classes)
     return SharedClasses(
         emotions=common,
         model_idx=[model_of[e] for e in common],
         data_idx=[data_of[e] for e in common],
-        model_only=[c for c in model_classes if key(c) not in data_of],
-        data_only=[c for c in data_classes if key(c) not in model_of],
+        model_only=[c for c in model_classes if class_key(c) not in data_of],
+        data_only=[c for c in data_classes if class_key(c) not in model_of],
     )

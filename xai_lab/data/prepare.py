@@ -311,3 +311,18 @@ def _write_cache(cache_root: Path, key: str, images: np.ndarray, masks: np.ndarr
         os.replace(tmp, final)
     except OSError:  # another process finished the same cache first
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_audit(data: DataConfig, progress: bool = False) -> tuple[dict[str, Any], Path]:
+    """Audit ``data``'s prepared dataset, preparing it first when missing or made with other settings."""
+    from xai_lab.data.audit import audit_dataset
+
+    out = processed_dir(data)
+    try:
+        info = json.loads((out / "dataset.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        info = None
+    cache_ok = info is not None and (out / "cache" / str(info.get("cache_key")) / "images.npy").is_file()
+    if info is None or info.get("config_sha1") != config_sha1(data) or not cache_ok:
+        prepare(data, progress=progress, audit=False)
+    return audit_dataset(data, out), out

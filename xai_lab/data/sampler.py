@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import torch
 
-SAMPLERS = ("none", "class_balanced", "sqrt_balanced")
-
 
 def sample_weights(labels: torch.Tensor, mode: str, num_classes: int) -> torch.Tensor | None:
     """Per-image sampling weights for ``mode`` (None for ``none``)."""

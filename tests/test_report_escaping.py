@@ -138,3 +138,21 @@ def test_names_with_html_are_text_on_the_page(results, tmp_path):
     shot = tmp_path / "escaping.png"
     screenshot(index, shot)
     assert shot.stat().st_size > 20_000
+
+
+def test_figures_draw_names_with_dollars_and_braces_as_written(tmp_path):
+    """A class named like a formula is drawn as text: no mathtext error, no mangled title."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from xai_lab.plots import plot_confusion
+
+    names = ["$(touch pwned);", "$\\frac{1$", "plain"]
+    plot_confusion(np.eye(3), names, tmp_path / "cm.png", title="$x^2$ run")
+    assert (tmp_path / "cm.png").stat().st_size > 0
+    fig, ax = plt.subplots()
+    ax.set_title("$\\frac{1$")  # a broken formula: matplotlib alone raises when drawing it
+    from xai_lab.plots import save_figure
+
+    save_figure(fig, tmp_path / "t.png")
+    assert (tmp_path / "t.png").is_file()

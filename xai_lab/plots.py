@@ -44,7 +44,13 @@ def read_train_log(run_dir: Path) -> list[dict]:
 
 
 def save_figure(fig: plt.Figure, path: Path, dpi: int = 120) -> None:
-    """Save ``fig`` as PNG atomically and close it."""
+    """Save ``fig`` as PNG atomically and close it.
+
+    Every text is drawn as written: class, dataset and run names come from users' folders and configs,
+    and matplotlib would read a ``$`` in them as the start of a formula (mangled, or an error).
+    """
+    for text in fig.findobj(matplotlib.text.Text):
+        text.set_parse_math(False)
     atomic_write_with(path, lambda p: fig.savefig(p, dpi=dpi, bbox_inches="tight", format="png"))
     plt.close(fig)
 

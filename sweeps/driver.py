@@ -16,9 +16,12 @@ Trials report through :func:`sweeps.trainable.train_trial`; nothing here trains.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +33,9 @@ from ray import tune
 from sweeps.config import DefineByRun, SweepConfig, base_experiments, base_point, sweep_to_dict
 from sweeps.leaderboard import build_leaderboard, write_leaderboard
 from sweeps.resources import check_feasible, fanout_resources, trial_resources
+from sweeps.tensorboard import DATASET, hparam_columns, write_experiment
 from sweeps.trainable import train_trial
-from xai_lab.atomic import atomic_write_text
+from xai_lab.atomic import atomic_write_text, atomic_write_with
 from xai_lab.config import read_yaml, to_dict
 from xai_lab.data.dataset import load_dataset
 from xai_lab.errors import UserError
@@ -125,10 +129,12 @@ def sweep_lock(folder: Path):
         os.close(fd)  # releases the lock
 
 
-def start_ray(address: str | None, dashboard: bool, quiet: bool = False) -> str | None:
+def start_ray(address: str | None, dashboard: bool, quiet: bool = False, sweep: str = "") -> str | None:
     """Connect to ``address`` (``auto``, ``host:port``; or ``RAY_ADDRESS``) or start a local Ray.
 
-    A local Ray binds to 127.0.0.1; ``dashboard`` starts its dashboard there too.
+    A local Ray binds to 127.0.0.1 and keeps Ray's token authentication (:func:`dashboard_sign_in`);
+    ``dashboard`` starts its dashboard there too. The driver's job carries the sweep's name as metadata
+    (the dashboard's Jobs page shows it).
 
     Returns:
         The dashboard URL when one was started, else None.
@@ -138,7 +144,10 @@ def start_ray(address: str | None, dashboard: bool, quiet: bool = False) -> str 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return None
-    common = {"logging_level": logging.WARNING, "log_to_driver": not quiet}
+    from ray.job_config import JobConfig
+
+    common = {"logging_level": logging.WARNING, "log_to_driver": not quiet,
+              "job_config": JobConfig(metadata={"xai-lab sweep": sweep} if sweep else {})}
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         try:
@@ -160,6 +169,14 @@ def start_ray(address: str | None, dashboard: bool, quiet: bool = False) -> str 
         url = ctx.dashboard_url
         return url if url.startswith("http") else f"http://{url}"
     return None
+
+
+def dashboard_sign_in() -> str:
+    """How to sign in to the local cluster's dashboard, in one line."""
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return "no sign-in (RAY_AUTH_MODE is not token)"
+    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token"
+    return f"sign in with the token in {token_file} (print it: ray get-auth-token)"
 
 
 def optuna_storage_url(cfg: SweepConfig, paths: SweepPaths) -> str:
@@ -222,11 +239,13 @@ def run_tuner(
     resume: bool,
     trainable: Callable = train_trial,
     verbose: int = 1,
+    hparam_keys: tuple[str, ...] = (),
 ):
     """Run (or resume) the Tune experiment of one dataset; returns its ResultGrid.
 
     ``dataset`` is the prepared dataset or, better, its object-store reference (the driver puts
-    each dataset once and the trials and the fan-out share it).
+    each dataset once and the trials and the fan-out share it). ``hparam_keys``: the dotted keys of the
+    HParams row each trial writes (:func:`sweeps.tensorboard.hparam_columns`).
     """
     from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
 
@@ -246,33 +265,20 @@ def run_tuner(
             dataset=dataset if isinstance(dataset, ray.ObjectRef) else ray.put(dataset),
             checkpoint_epochs=tuple(asha_rung_epochs(cfg.scheduler)),
             checkpoint_every=cfg.checkpoint_every,
+            hparams={DATASET: dataset_name, "keys": hparam_keys},
+            experiment_dir=None if "://" in paths.storage else paths.experiment(dataset_name),
         ),
         resources,
     )
     exp_path = paths.experiment(dataset_name)
+    if resume and "://" not in exp_path and Path(exp_path).is_dir():
+        repair_experiment_state(Path(exp_path))
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # read by fit(), restored or not (tune_loggers)
     if resume and tune.Tuner.can_restore(exp_path):
         log.info("resuming %s from %s", dataset_name, exp_path)
         tuner = tune.Tuner.restore(exp_path, trainable=fn, resume_errored=True)
     else:
-        tuner = tune.Tuner(
-            fn,
-            tune_config=tune.TuneConfig(
-                search_alg=_search_alg(cfg, base, optuna_storage_url(cfg, paths), study_name(cfg, dataset_name)),
-                scheduler=_scheduler(cfg),
-                num_samples=cfg.search.num_samples,
-                max_concurrent_trials=cfg.search.max_concurrent,
-                # One actor (a process with torch imported) runs trial after trial: starting one per
-                # trial cost ~7 s each on a 2-core CPU (benchmarks/sweep_overhead.py).
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=dataset_name,
-                storage_path=paths.storage,
-                failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=verbose,
-            ),
-        )
+        tuner = _new_tuner(cfg, paths, dataset_name, base, fn, verbose)
     # Tune installs its own Ctrl-C handler (a graceful stop) and leaves it installed after fit returns:
     # put back the one from before, so a Ctrl-C in the fan-out or the report stops the sweep there.
     handler = signal.getsignal(signal.SIGINT)
@@ -280,6 +286,103 @@ def run_tuner(
         return tuner.fit()
     finally:
         signal.signal(signal.SIGINT, handler)
+
+
+def _new_tuner(cfg: SweepConfig, paths: SweepPaths, dataset_name: str, base, fn, verbose: int):
+    """The Tune experiment of one dataset: Optuna's search, the scheduler, one actor reused per slot, trials named
+    by their id, Tune's JSON/CSV loggers, checkpoints kept one per trial."""
+    return tune.Tuner(
+        fn,
+        tune_config=tune.TuneConfig(
+            search_alg=_search_alg(cfg, base, optuna_storage_url(cfg, paths), study_name(cfg, dataset_name)),
+            scheduler=_scheduler(cfg),
+            num_samples=cfg.search.num_samples,
+            max_concurrent_trials=cfg.search.max_concurrent,
+            # One actor (a process with torch imported) runs trial after trial: starting one per
+            # trial cost ~7 s each on a 2-core CPU (benchmarks/sweep_overhead.py).
+            reuse_actors=True,
+            # <dataset>/<trial id>: the same id in the terminal table, the leaderboard, the report and
+            # TensorBoard's run names (the sampled values are HParams columns, not part of the path)
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=dataset_name,
+            storage_path=paths.storage,
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=verbose,
+            callbacks=tune_loggers(),
+            # with storage a URI, the trials' TensorBoard files live in their working folders: upload them
+            sync_config=tune.SyncConfig(sync_artifacts="://" in paths.storage),
+        ),
+    )
+
+
+# Tune's experiment snapshot: written atomically into the driver's staging folder under Ray's temp dir, then
+# copied into the experiment folder, where a driver killed mid-copy leaves the file cut off.
+STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")
+
+
+def _readable(path: Path) -> bool:
+    """Whether a snapshot file loads: ``experiment_state`` is JSON, the search states are pickles (even the
+    ``.json`` one)."""
+    try:
+        if path.name.startswith("experiment_state"):
+            json.loads(path.read_text())
+        else:
+            with open(path, "rb") as f:
+                ray.cloudpickle.load(f)
+        return True
+    except Exception:  # noqa: BLE001 - any file that does not load is as good as cut off
+        return False
+
+
+def repair_experiment_state(exp_dir: Path) -> list[str]:
+    """Put back an intact copy of each newest snapshot file of ``exp_dir`` that a kill cut off.
+
+    Tune restores from the newest ``experiment_state``, ``search_gen_state`` and ``searcher-state`` file; one
+    cut off makes it log "Failed to restore the run state" and carry on with a broken state (a sweep of one
+    trial). The intact copy is in the killed driver's staging folder under Ray's temp dir (same file name).
+
+    Returns:
+        The names of the files put back.
+
+    Raises:
+        UserError: a file is cut off and no intact copy is left (Ray's temp dir was cleared).
+    """
+    temp = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
+    repaired = []
+    for pattern in STATE_FILES:
+        files = sorted(exp_dir.glob(pattern))
+        if not files or _readable(files[-1]):
+            continue
+        newest = files[-1]
+        copies = sorted(temp.glob(f"session_*/artifacts/*/{exp_dir.name}/driver_artifacts/{newest.name}"),
+                        key=lambda c: c.stat().st_mtime, reverse=True)
+        good = next((c for c in copies if _readable(c)), None)
+        if good is None:
+            raise UserError(f"--resume: {newest} was cut off when the driver stopped and no intact copy is left "
+                            f"under {temp}; move {exp_dir} aside to run that dataset's trials again")
+        atomic_write_with(newest, lambda tmp, src=good: shutil.copyfile(src, tmp))
+        repaired.append(newest.name)
+        log.warning("--resume: %s was cut off by the driver's stop; put back from %s", newest.name, good)
+    return repaired
+
+
+def trial_name(trial) -> str:
+    """A trial's name and folder: its id (``a1b2c3d4_00003``), as the leaderboard and the report show it."""
+    return str(trial.trial_id)
+
+
+def tune_loggers() -> list:
+    """Tune's result.json and progress.csv loggers, without its TensorBoard logger: the trials write their own
+    scalars and HParams (:mod:`sweeps.tensorboard`), and Tune's would add its bookkeeping (``done``,
+    ``iterations_since_restore``, ...) beside them and an empty events file to every trial it restores."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # read when fit() starts: no TBXLoggerCallback added
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
 @dataclass
@@ -349,12 +452,14 @@ def _run_locked(cfg, paths, *, resume, top, trainable, verbose, progress, autosc
     # Each dataset goes into the object store once: its trials and its report tasks share that copy.
     datasets = {name: ray.put(load_dataset(base.data, progress=progress)) for name, base in bases.items()}
     atomic_write_text(paths.results / "sweep.yaml", yaml.safe_dump(sweep_to_dict(cfg), sort_keys=False))
+    keys, columns = hparam_columns(cfg.space, {name: to_dict(base) for name, base in bases.items()})
+    if not list(paths.results.glob("events.out.tfevents.*")):
+        write_experiment(paths.results, columns, shown=1 + len(cfg.space))  # the dataset and the space keys
 
     frames, interrupted = [], False
     for name, base in bases.items():
-        results = run_tuner(
-            cfg, paths, name, base, datasets[name], resume=resume, trainable=trainable, verbose=verbose
-        )
+        results = run_tuner(cfg, paths, name, base, datasets[name], resume=resume, trainable=trainable,
+                            verbose=verbose, hparam_keys=tuple(keys))
         board, unfinished = build_leaderboard(results.experiment_path, name, cfg)
         frames.append(board)
         if unfinished:

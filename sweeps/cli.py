@@ -49,15 +49,28 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         # A local Ray, or a cluster on loopback: stay on 127.0.0.1 (Ray reads this when it is imported;
         # otherwise it swaps 127.0.0.1 for the machine's interface address).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from sweeps.driver import check_results_folder, check_writable, run_sweep, start_ray, sweep_paths
+    if not address:
+        # Ray turns token authentication on for a new local cluster, and warns that it did; saying so before
+        # Ray is imported keeps it on (the dashboard and the cluster's API refuse requests without the token,
+        # generated in ~/.ray/auth_token the first time) and the warning off.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    from sweeps.driver import (
+        check_results_folder,
+        check_writable,
+        dashboard_sign_in,
+        run_sweep,
+        start_ray,
+        sweep_paths,
+    )
 
     paths = sweep_paths(cfg)
     check_results_folder(cfg, paths, args.resume)  # before starting Ray: bad input costs nothing
     check_writable(paths.results)
-    url = start_ray(address, args.dashboard, quiet=args.quiet)
+    url = start_ray(address, args.dashboard, quiet=args.quiet, sweep=cfg.name)
     stop = StopSignals()
     if url:
         print(f"Ray dashboard: {url}", flush=True)
+        print(f"  {dashboard_sign_in()}", flush=True)
     print(f"sweep {cfg.name}: results in {paths.results}", flush=True)
     resume = shlex.join(["xai-lab", "sweep", "--config", args.config, *args.overrides, "--resume",
                          *(["--smoke"] if args.smoke else [])])

@@ -204,9 +204,11 @@ def run_fanout(
     refs = {name: ds if isinstance(ds, ray.ObjectRef) else ray.put(ds)
             for name, ds in datasets.items() if name in {j.dataset for j in todo}}
     res = fanout_resources(cfg)
-    remote = ray.remote(task).options(num_cpus=res["cpu"], num_gpus=res["gpu"], max_retries=REPORT_RETRIES,
-                                      name="xai-lab-report")
-    pending = {remote.remote(job, refs[job.dataset]): job for job in todo}
+    remote = ray.remote(task)
+    options = {"num_cpus": res["cpu"], "num_gpus": res["gpu"], "max_retries": REPORT_RETRIES}
+    # each task named after its trial, as the Ray dashboard's task list shows it
+    pending = {remote.options(**options, name=f"report {job.dataset}/{job.trial_id}").remote(job, refs[job.dataset]):
+               job for job in todo}
     bar = tqdm(total=len(jobs), initial=len(outcome), desc="reports", unit="trial", disable=not progress,
                dynamic_ncols=True)
     try:

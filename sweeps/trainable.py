@@ -19,6 +19,11 @@ runs trial after trial, so ``fit`` frees its GPU memory when a trial ends or is 
 Every report carries ``early_stopped`` (from ``fit``): true at the epoch where ``fit`` stops
 itself because ``train.early_stopping_patience`` epochs passed without a better val macro-F1,
 so the leaderboard tells such a trial from one ASHA stopped.
+
+What a user watching the sweep sees of a trial: its folder is ``<dataset>/<trial id>``; ``fit``
+writes its scalars there (TensorBoard's run of that name) and the trial writes its HParams row
+beside them (:mod:`sweeps.tensorboard`); its first log line, in the Ray dashboard's actor logs and
+the terminal, names the trial, the dataset and the sampled values.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import ray
 from ray import tune
 
 from sweeps.config import trial_config
+from sweeps.tensorboard import DATASET, flatten, write_trial_hparams
 from xai_lab.checkpoint import CheckpointPolicy, Saved
 from xai_lab.data.dataset import Dataset
 from xai_lab.train import fit
@@ -103,6 +109,8 @@ def train_trial(
     dataset: Dataset | ray.ObjectRef,
     checkpoint_epochs: tuple[int, ...] = (),
     checkpoint_every: int = 0,
+    hparams: dict[str, Any] | None = None,
+    experiment_dir: str | None = None,
 ) -> None:
     """Train one trial of the sweep.
 
@@ -113,6 +121,11 @@ def train_trial(
         checkpoint_epochs: epochs that always carry a checkpoint (ASHA's rungs, ``max_epochs``); the
             last of them (else ``train.epochs``) carries the trial's final, slim one.
         checkpoint_every: a checkpoint every this many epochs as well (0: none besides the above).
+        hparams: the HParams columns: ``{"dataset": name, "keys": [dotted keys shown per trial], ...}``
+            (:func:`sweeps.tensorboard.hparam_columns`); the row gets the dataset and each key's value in this trial.
+        experiment_dir: the experiment's folder in the sweep's storage when that is a local (or NFS) path: the
+            trial's TensorBoard run is written there, ``<dataset>/<trial id>``, where TensorBoard sees it as it
+            grows. None (storage is a URI): the trial's working folder, which Tune uploads with its artifacts.
     """
     import logging
 
@@ -123,14 +136,29 @@ def train_trial(
         dataset = ray.get(dataset)
     cfg = trial_config(base, config)
     cfg.run.progress = False
-    cfg.run.tensorboard = False  # Tune writes the same scalars (and the HParams) per trial
+    cfg.run.tensorboard = True  # the trial's scalars, in its own folder: TensorBoard's run <dataset>/<trial id>
     cfg.run.name = tune.get_context().get_trial_id()
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     run_dir = Path(tune.get_context().get_trial_dir()) / "run"
+    tb_dir = Path(experiment_dir) / cfg.run.name if experiment_dir else run_dir.parent
     try:
         resume_from = restore_run_dir(run_dir)
     except TrialFinished:
         return  # its results and final checkpoint are in
+    name = (hparams or {}).get("dataset", cfg.data.name)
+    shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+    print(f"trial {cfg.run.name} of {name}: {shown}", flush=True)  # the actor's log, in the Ray dashboard
+    if hparams is not None and resume_from is None:
+        write_trial_hparams(tb_dir, trial_hparams(cfg, hparams), name=cfg.run.name)
     policy = CheckpointPolicy(every=checkpoint_every, epochs=frozenset(checkpoint_epochs),
                               slim_from=max(checkpoint_epochs, default=cfg.train.epochs))
-    fit(cfg, dataset=dataset, run_dir=run_dir, callback=report, resume_from=resume_from, checkpoint=policy)
+    fit(cfg, dataset=dataset, run_dir=run_dir, callback=report, resume_from=resume_from, checkpoint=policy,
+        tensorboard_dir=tb_dir)
+
+
+def trial_hparams(cfg, columns: dict[str, Any]) -> dict[str, Any]:
+    """One trial's HParams row: the dataset and the value this trial uses for each key of ``columns["keys"]``."""
+    from xai_lab.config import to_dict
+
+    flat = flatten(to_dict(cfg))
+    return {DATASET: columns["dataset"], **{k: flat.get(k) for k in columns["keys"]}}

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -63,6 +64,15 @@ def _check_results(folder: Path) -> None:
     assert (folder / "index.html").is_file()
 
 
+def _api_status(url: str, token: str | None) -> int:
+    request = urllib.request.Request(f"{url}/api/jobs/", headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 def test_dashboard_serves_health_while_the_sweep_runs(tiny_sweep):
     env = _env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     proc = subprocess.Popen(
@@ -73,7 +83,7 @@ def test_dashboard_serves_health_while_the_sweep_runs(tiny_sweep):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines, health = [], None
+    lines, health, signed_in, anonymous = [], None, None, None
     try:
         for line in proc.stdout:
             lines.append(line)
@@ -87,6 +97,8 @@ def test_dashboard_serves_health_while_the_sweep_runs(tiny_sweep):
                         break
                     except OSError:
                         time.sleep(0.5)
+                signed_in = _api_status(url, token=(Path.home() / ".ray" / "auth_token").read_text().strip())
+                anonymous = _api_status(url, token=None)
         rc = proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
@@ -95,6 +107,12 @@ def test_dashboard_serves_health_while_the_sweep_runs(tiny_sweep):
     assert rc == 0, out[-3000:]
     assert health is not None and health[0] == 200, out[-2000:]
     assert "report: " in out
+    # how to sign in, right under the URL; one TensorBoard hint (the project's, for the sweep folder)
+    assert lines[lines.index(next(x for x in lines if x.startswith("Ray dashboard: "))) + 1].strip() == (
+        "sign in with the token in ~/.ray/auth_token (print it: ray get-auth-token)")
+    assert "Token authentication is enabled" not in out
+    assert (signed_in, anonymous) == (200, 401)  # the API answers with the token, and only with it
+    assert out.count("tensorboard --logdir") == 1 and "TensorBoard: tensorboard --logdir " in out
     _check_results(tiny_sweep / "ray_results" / "smoke")
 
 

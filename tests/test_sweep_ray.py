@@ -130,21 +130,44 @@ def test_leaderboard_has_every_trial_base_first_and_the_retry(sweep, workdir):
     assert not progress["early_stopped"].any()  # each epoch says whether fit stopped on patience (off here)
 
 
-def test_tensorboard_scalars_and_hparams(sweep):
+def _hparams(folder: Path, tag: str):
+    """The HParams plugin data under ``tag`` in the events of ``folder`` (one TensorBoard run)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
 
-    board = pd.read_csv(sweep.leaderboard)
-    trial_dir = Path(board.iloc[0]["trial_dir"])
-    events = list(trial_dir.glob("events.out.tfevents.*"))
-    assert events, list(trial_dir.iterdir())
-    acc = EventAccumulator(str(trial_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
-    tags = acc.Tags()["scalars"]
-    assert "ray/tune/val_macro_f1" in tags and "ray/tune/train_loss" in tags
-    assert len(acc.Scalars("ray/tune/val_macro_f1")) == board.iloc[0]["epochs_run"]
-    hparams = acc.summary_metadata.get("_hparams_/session_start_info")
-    assert hparams is not None and hparams.plugin_data.plugin_name == "hparams"
-    assert b"train.lr" in hparams.plugin_data.content
+    meta = acc.summary_metadata.get(tag)
+    assert meta is not None and meta.plugin_data.plugin_name == "hparams", (folder, tag)
+    return plugin_data_pb2.HParamsPluginData.FromString(meta.plugin_data.content), acc
+
+
+def test_tensorboard_runs_scalars_and_hparams(sweep):
+    """Runs named <dataset>/<trial id>; the project's grouped scalars only; one HParams row per trial with the
+    dataset and every space key, under columns declared once at the sweep's root, all shown."""
+    board = pd.read_csv(sweep.leaderboard)
+    space = ("train.sampler", "train.class_weighted_loss", "train.lr")
+    for _, row in board.iterrows():
+        trial_dir = Path(row["trial_dir"])
+        assert trial_dir.relative_to(sweep.paths.results).as_posix() == f"{row['dataset']}/{row['trial_id']}"
+        data, acc = _hparams(trial_dir, "_hparams_/session_start_info")
+        values = data.session_start_info.hparams
+        assert values["dataset"].string_value == row["dataset"]
+        assert data.session_start_info.group_name == row["trial_id"]  # the HParams table's "Trial ID" column
+        assert set(space) <= set(values)  # also the conditional one, where the sampler left it to the base
+        assert values["train.lr"].number_value == pytest.approx(row["train.lr"])
+        assert values["train.sampler"].string_value == row["train.sampler"]
+        tags = acc.Tags()["scalars"]
+        assert {"loss/train", "loss/val", "accuracy/val", "macro_f1/val", "macro_f1/best_val", "train/lr",
+                "speed/images_per_second", "time/epoch_seconds"} <= set(tags), tags
+        assert not [t for t in tags if t.startswith("ray/") or "/" not in t], tags
+        assert len(acc.Scalars("macro_f1/val")) == row["epochs_run"]
+    experiment, _ = _hparams(sweep.paths.results, "_hparams_/experiment")
+    infos = {h.name: h for h in experiment.experiment.hparam_infos}
+    # TensorBoard shows five hparam columns by default, those marked "differs" first: the dataset and the space
+    assert {"dataset", *space} <= set(infos) and all(infos[k].differs for k in ("dataset", *space))
+    assert [v.string_value for v in infos["dataset"].domain_discrete.values] == ["tinya", "tinyb"]
+    assert {m.name.tag for m in experiment.experiment.metric_infos} >= {"macro_f1/best_val", "macro_f1/val"}
 
 
 def test_fanout_reports_in_single_run_layout(sweep):
@@ -220,7 +243,6 @@ def test_report_opens_in_chromium_with_every_image(sweep, tmp_path):
     dom, attrs = chromium_check(index, shot)
     assert int(attrs["images"]) > 20 and attrs["broken"] == "0", attrs
     assert shot.stat().st_size > 50_000
-    shutil.copy(shot, Path("/tmp") / "xai_lab_report_test.png")
 
     # every figure in the folder is an <img> of the page, and each loaded (naturalWidth > 0 above)
     pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))

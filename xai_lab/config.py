@@ -50,7 +50,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     output_root: str = "artifacts"  # runs go to <output_root>/runs, reports to <output_root>/reports
     progress: bool = True  # tqdm bars on stderr
-    tensorboard: bool = True  # fit's own tb/ scalars; a sweep turns them off (Tune logs the same scalars)
+    tensorboard: bool = True  # fit's TensorBoard scalars (tb/ in the run; a sweep trial: its own folder)
 
 
 @dataclass

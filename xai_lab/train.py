@@ -68,6 +68,20 @@ from xai_lab.runs import create_run_dir, train_log_rows
 
 log = logging.getLogger(__name__)
 
+# TensorBoard tags of the epoch metrics, grouped into one card section each (loss, accuracy, macro_f1, ...).
+TB_TAGS = {
+    "train_loss": "loss/train",
+    "val_loss": "loss/val",
+    "val_accuracy": "accuracy/val",
+    "val_macro_f1": "macro_f1/val",
+    "best_val_macro_f1": "macro_f1/best_val",
+    "lr": "train/lr",
+    "images_per_second": "speed/images_per_second",
+    "epoch_seconds": "time/epoch_seconds",
+    "val_seconds": "time/val_seconds",
+    "gpu_mem_peak_mb": "memory/gpu_peak_mb",
+}
+
 # callback(metrics, saved) after every epoch -> True to stop the run. ``metrics``: the epoch's train_log.jsonl row
 # with ``best_val_macro_f1`` (so far) and ``early_stopped`` (fit stops after this epoch on patience, before
 # train.epochs); ``saved``: the checkpoint written after this epoch (run folder, files; see Saved), else None.
@@ -206,6 +220,7 @@ class TrainState:
     ema: AveragedModel | None = None  # the weight EMA (train.ema_decay), None when off
     gen: torch.Generator | None = None  # draws batch order, augmentation and mixing
     writer: Any = None  # TensorBoard's SummaryWriter (run.tensorboard)
+    tb_dir: Path | None = None  # where it writes
     bar: Any = None  # the tqdm progress bar
     init_info: dict[str, Any] | None = None  # where model.init_from took the weights from
     start_epoch: int = 1
@@ -256,6 +271,7 @@ def fit(
     callback: EpochCallback | None = None,
     resume_from: str | Path | None = None,
     checkpoint: CheckpointPolicy | None = None,
+    tensorboard_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train one model as ``cfg`` says.
 
@@ -268,6 +284,8 @@ def fit(
             after its epoch are not dropped here: :func:`trim_train_log`.
         checkpoint: after which epochs ``last.pt``/``best.pt`` are written, and whether the final
             checkpoint is slim; default :meth:`CheckpointPolicy.for_run` (``train.checkpoint_every``).
+        tensorboard_dir: where the TensorBoard scalars go (``run.tensorboard``); default ``<run_dir>/tb``.
+            A sweep's trial writes them into its own folder, the run TensorBoard names ``<dataset>/<trial>``.
 
     ``cfg.model.init_from`` (a run folder or checkpoint) starts the model from another run's
     weights, with a fresh head when the classes differ (:func:`xai_lab.checkpoint.init_from_checkpoint`).
@@ -282,6 +300,7 @@ def fit(
     """
     t_start = time.perf_counter()
     state = _open_run(cfg, dataset, run_dir, checkpoint or CheckpointPolicy.for_run(cfg.train))
+    state.tb_dir = Path(tensorboard_dir) if tensorboard_dir else state.run_dir / "tb"
     try:
         _build(state, resume_from)
         for epoch in range(state.start_epoch, cfg.train.epochs + 1):
@@ -384,7 +403,7 @@ def _open_progress(s: TrainState, resumed: bool) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step: TensorBoard hides the events of epochs after the checkpoint that a killed run logged
-        s.writer = SummaryWriter(str(s.run_dir / "tb"), purge_step=s.start_epoch if resumed else None)
+        s.writer = SummaryWriter(str(s.tb_dir), purge_step=s.start_epoch if resumed else None)
     total_steps = (s.cfg.train.epochs - s.start_epoch + 1) * s.steps_per_epoch
     s.bar = tqdm(total=total_steps, desc=f"train {s.cfg.run.name}", unit="step", disable=not s.cfg.run.progress,
                  leave=False, dynamic_ncols=True)
@@ -482,9 +501,9 @@ def _log_epoch(s: TrainState) -> None:
     with open(s.run_dir / "train_log.jsonl", "a") as f:
         f.write(json.dumps(m) + "\n")
     if s.writer is not None:
-        for key, value in m.items():
+        for key, value in {**m, "best_val_macro_f1": s.best_f1}.items():
             if key != "epoch":
-                s.writer.add_scalar(key, value, s.epoch)
+                s.writer.add_scalar(TB_TAGS.get(key, f"other/{key}"), value, s.epoch)
         s.writer.flush()
     s.bar.set_postfix(epoch=s.epoch, loss=f"{m['train_loss']:.3f}", val_f1=f"{m['val_macro_f1']:.3f}")
     log.info("epoch %d/%d train_loss %.4f val_acc %.4f val_macro_f1 %.4f (%.1fs, %.0f img/s)", s.epoch,

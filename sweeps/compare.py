@@ -26,23 +26,12 @@ import pandas as pd  # noqa: E402
 
 from sweeps.leaderboard import read_leaderboard  # noqa: E402
 from xai_lab.atomic import atomic_write_json, atomic_write_with  # noqa: E402
-from xai_lab.config import read_yaml  # noqa: E402
+from xai_lab.config import flatten, read_yaml  # noqa: E402
 from xai_lab.data.emotions import class_key, common_classes  # noqa: E402
 from xai_lab.explain.run import ClassMeans  # noqa: E402
 from xai_lab.plots import save_figure  # noqa: E402
 
 IGNORED_KEYS = ("run.", "data.", "explain.")  # differ by construction between datasets
-
-
-def _flatten(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in values.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def best_reports(results: Path) -> dict[str, tuple[str, Path]]:
@@ -63,7 +52,7 @@ def write_comparison(results: Path) -> Path | None:
     if not best:
         return None
     summaries = {d: json.loads((folder / "test_summary.json").read_text()) for d, (_, folder) in best.items()}
-    configs = {d: _flatten(read_yaml(folder / "config.yaml")) for d, (_, folder) in best.items()}
+    configs = {d: flatten(read_yaml(folder / "config.yaml")) for d, (_, folder) in best.items()}
     shared = common_classes(*(s["class_names"] for s in summaries.values()))
     differing = sorted(
         k

@@ -21,6 +21,8 @@ from typing import Any
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
+from xai_lab.config import flatten
+
 # The metrics columns of the HParams table: the last value of each scalar tag in a trial's run.
 HPARAM_METRICS = {
     "macro_f1/best_val": "best val macro-F1",
@@ -47,18 +49,6 @@ def differing_keys(bases: dict[str, dict[str, Any]]) -> list[str]:
     """The dotted keys (sorted) whose values differ between the base experiments (flattened dicts)."""
     keys = sorted({k for flat in bases.values() for k in flat})
     return [k for k in keys if len({repr(flat.get(k)) for flat in bases.values()}) > 1]
-
-
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
 
 
 def hparam_columns(space: dict[str, Any], bases: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, list]]:

@@ -38,7 +38,7 @@ import ray
 from ray import tune
 
 from sweeps.config import trial_config
-from sweeps.tensorboard import DATASET, flatten, write_trial_hparams
+from sweeps.tensorboard import DATASET, write_trial_hparams
 from xai_lab.checkpoint import CheckpointPolicy, Saved
 from xai_lab.data.dataset import Dataset
 from xai_lab.train import fit
@@ -158,7 +158,7 @@ def train_trial(
 
 def trial_hparams(cfg, columns: dict[str, Any]) -> dict[str, Any]:
     """One trial's HParams row: the dataset and the value this trial uses for each key of ``columns["keys"]``."""
-    from xai_lab.config import to_dict
+    from xai_lab.config import flatten, to_dict
 
     flat = flatten(to_dict(cfg))
     return {DATASET: columns["dataset"], **{k: flat.get(k) for k in columns["keys"]}}

@@ -15,7 +15,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from xai_lab.config import RESUME_OVERRIDES, SMOKE_EVAL_IMAGES, SMOKE_EXPLAIN, SMOKE_PER_CLASS
+from xai_lab.config import (
+    RESUME_OVERRIDES,
+    SMOKE_EVAL_IMAGES,
+    SMOKE_EXPLAIN,
+    SMOKE_PER_CLASS,
+    TRAINED_RUN_OVERRIDES,
+)
 from xai_lab.errors import Interrupted, UserError
 
 log = logging.getLogger("xai_lab")
@@ -58,13 +64,12 @@ def load_run_config(
 
     run_dir = resolve_run_dir(args.run_dir)
     cfg = load_saved(run_dir / "config.yaml")
-    allowed = ("run.", "explain.", "data.", "train.eval_batch_size", "train.amp")
     overrides = [*extra, *args.overrides]
     for text in args.overrides:
         key = ".".join(parse_override(text)[0])
-        if not key.startswith(allowed):
-            raise UserError(f"override '{text}' cannot change a trained run; allowed: run.*, explain.*, data.*, "
-                            "train.eval_batch_size, train.amp")
+        if not key.startswith(TRAINED_RUN_OVERRIDES):
+            shown = ", ".join(k + "*" if k.endswith(".") else k for k in TRAINED_RUN_OVERRIDES)
+            raise UserError(f"override '{text}' cannot change a trained run; allowed: {shown}")
     values = to_dict(cfg)
     explain_file = getattr(args, "explain_config", None)
     if explain_file:

@@ -502,6 +502,8 @@ SMOKE_EVAL_IMAGES = 64
 # The overrides train --resume takes: none changes what the run computes on the same kind of device
 # (on another kind, e.g. cpu -> cuda, the run continues with fresh random draws and other rounding).
 RESUME_OVERRIDES = ("run.device", "run.progress", "run.tensorboard")
+# The overrides evaluate, plots and explain take on a trained run (key prefixes): none changes the model.
+TRAINED_RUN_OVERRIDES = ("run.", "explain.", "data.", "train.eval_batch_size", "train.amp")
 
 
 def read_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:

@@ -273,7 +273,8 @@ def run_tuner(
     exp_path = paths.experiment(dataset_name)
     if resume and "://" not in exp_path and Path(exp_path).is_dir():
         repair_experiment_state(Path(exp_path))
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # read by fit(), restored or not (tune_loggers)
+    # read by fit(), restored or not: Tune adds none of its default loggers (tune_loggers lists the ones kept)
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     if resume and tune.Tuner.can_restore(exp_path):
         log.info("resuming %s from %s", dataset_name, exp_path)
         tuner = tune.Tuner.restore(exp_path, trainable=fn, resume_errored=True)
@@ -381,7 +382,6 @@ def tune_loggers() -> list:
     ``iterations_since_restore``, ...) beside them and an empty events file to every trial it restores."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # read when fit() starts: no TBXLoggerCallback added
     return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 

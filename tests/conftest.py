@@ -13,6 +13,14 @@ SHARED = (ROOT / ".." / "shared" / "datasets").resolve()
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+def cli_env(**extra: str) -> dict:
+    """The environment of an ``xai-lab`` subprocess: this checkout on the path, none of the caller's Ray settings,
+    unbuffered output, no usage stats; ``extra`` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Run the test in a fresh folder holding a link to the project's configs/."""

@@ -4,7 +4,6 @@ no node can hold, and two sweeps started at once under one name."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -12,7 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, make_folder_dataset, write_tiny_experiment
+from conftest import cli_env, make_folder_dataset, write_tiny_experiment
+
+# a local Ray on 127.0.0.1 for every xai-lab process the tests start
+LOCAL_ENV = cli_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
 
 SWEEP = """name: same
 experiments: [tiny.yaml]
@@ -22,12 +24,6 @@ search: {num_samples: 2, max_concurrent: 1}
 scheduler: {type: fifo, max_epochs: 1}
 fanout: {top_k: 0}
 """
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    return env
 
 
 @pytest.fixture
@@ -40,7 +36,7 @@ def folder(tmp_path):
 
 def _sweep(folder: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "xai_lab", "-q", "sweep", "--config", "s.yaml", *args]
-    return subprocess.run(cmd, cwd=folder, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=folder, env=LOCAL_ENV, capture_output=True, text=True, timeout=timeout)
 
 
 # Ray's own log lines (``2026-11-30 07:17:54,071 WARNING file.py:85 -- ...``), printed when it starts
@@ -80,7 +76,7 @@ def test_a_request_no_node_can_hold_is_refused_before_training(folder):
 
 def test_two_sweeps_of_one_name_at_once(folder):
     cmd = [sys.executable, "-m", "xai_lab", "-q", "sweep", "--config", "s.yaml"]
-    procs = [subprocess.Popen(cmd, cwd=folder, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(cmd, cwd=folder, env=LOCAL_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=400) for p in procs]
     codes = sorted(p.returncode for p in procs)

@@ -3,7 +3,6 @@ two-node Ray cluster on loopback (started and stopped by this test, by process, 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, make_folder_dataset, write_tiny_experiment
+from conftest import cli_env, make_folder_dataset, write_tiny_experiment
 
 SMOKE_SWEEP = """name: {name}
 experiments: [tiny.yaml]
@@ -36,12 +35,6 @@ print(cluster.address, flush=True)
 sys.stdin.read()  # until the test closes our stdin
 cluster.shutdown()
 """
-
-
-def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", **extra)
-    return env
 
 
 @pytest.fixture
@@ -74,7 +67,7 @@ def _api_status(url: str, token: str | None) -> int:
 
 
 def test_dashboard_serves_health_while_the_sweep_runs(tiny_sweep):
-    env = _env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    env = cli_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     proc = subprocess.Popen(
         [sys.executable, "-m", "xai_lab", "-q", "sweep", "--config", "smoke.yaml", "--smoke", "--dashboard"],
         cwd=tiny_sweep,
@@ -117,7 +110,7 @@ def test_dashboard_serves_health_while_the_sweep_runs(tiny_sweep):
 
 
 def test_smoke_sweep_on_a_two_node_loopback_cluster(tiny_sweep):
-    env = _env()  # multi-node: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER unset; every address is 127.0.0.1
+    env = cli_env()  # multi-node: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER unset; every address is 127.0.0.1
     cluster = subprocess.Popen(
         [sys.executable, "-c", CLUSTER],
         cwd=tiny_sweep,

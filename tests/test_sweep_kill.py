@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, make_folder_dataset, write_tiny_experiment
+from conftest import cli_env, make_folder_dataset, write_tiny_experiment
+
+# a local Ray on 127.0.0.1 for every xai-lab process the tests start
+LOCAL_ENV = cli_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
 
 SWEEP = """name: {name}
 experiments: [tiny.yaml]
@@ -32,13 +35,6 @@ fanout: {{top_k: {top}, cpu: 2, methods: [gradcam], num_each: 2, maps_per_class:
 """
 
 
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
-               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    return env
-
-
 class Driver:
     """One ``xai-lab -q sweep`` process in a process group of its own."""
 
@@ -47,7 +43,7 @@ class Driver:
     def __init__(self, folder: Path, config: str, resume: bool = False):
         args = [sys.executable, "-m", "xai_lab", "-q", "sweep", "--config", config, *(["--resume"] if resume else [])]
         self.log = open(folder / f"driver-{len(Driver.groups)}.log", "w+")  # noqa: SIM115 - closed in wait()
-        self.proc = subprocess.Popen(args, cwd=folder, env=_env(), stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(args, cwd=folder, env=LOCAL_ENV, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         Driver.groups.append(self.proc.pid)
 

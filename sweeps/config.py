@@ -325,6 +325,11 @@ def base_experiments(cfg: SweepConfig) -> dict[str, ExperimentConfig]:
     for ref in cfg.experiments:
         exp = load_experiment(ref.config, [*ref.overrides, f"train.epochs={cfg.scheduler.max_epochs}"])
         exp.run.progress = False
+        if not exp.data.fold_val:
+            raise UserError(
+                f"sweep '{cfg.name}': data.fold_val=false leaves the trials of {ref.config} no validation split, "
+                f"and a sweep ranks them on {CHECKPOINT_METRIC}; leave data.fold_val at true"
+            )
         if exp.data.name in bases:
             raise UserError(
                 f"two experiments of sweep '{cfg.name}' use dataset '{exp.data.name}'; "

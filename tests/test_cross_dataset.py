@@ -179,3 +179,27 @@ def test_cv_runs_every_fold_and_reports_mean_and_std(tmp_path, capsys):
         )
         == 2
     )
+
+
+def test_cv_without_a_validation_fold_trains_on_it_and_keeps_the_last_epoch(tmp_path):
+    """data.fold_val=false: fold k+1 joins the training set, val is empty and best.pt is the last epoch."""
+    from xai_lab.crossval import cross_validate
+    from xai_lab.data.dataset import load_dataset
+
+    def experiment(*extra):
+        return load_experiment(
+            ROOT / "configs/experiments/exp001_resnet18_saliency_ckplus.yaml",
+            [*TINY, "train.epochs=2", f"data.root={SHARED / 'ckplus48'}", f"data.processed_root={tmp_path / 'p'}",
+             f"run.output_root={tmp_path / 'a'}", "data.limit_per_class=9", "data.name=ck9", "data.folds=3",
+             "data.fold=0", *extra],
+        )
+
+    with_val, merged = load_dataset(experiment().data), load_dataset(experiment("data.fold_val=false").data)
+    assert len(merged.splits["val"]) == 0 and merged.splits["test"].paths == with_val.splits["test"].paths
+    assert sorted(merged.splits["train"].paths) == sorted(with_val.splits["train"].paths + with_val.splits["val"].paths)
+    summary = cross_validate(experiment("data.fold_val=false"), folds=[1])
+    row = summary["per_fold"][0]
+    assert row["val"] == 0 and row["train"] + row["test"] == 63 and row["best_epoch"] == 2
+    fold_dir = next((tmp_path / "a" / "runs").rglob("fold1"))
+    log = [json.loads(line) for line in (fold_dir / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(row["val_macro_f1"] != row["val_macro_f1"] for row in log)  # NaN: nothing scored

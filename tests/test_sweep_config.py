@@ -126,6 +126,16 @@ def test_bad_sweeps_name_the_key(tmp_path, monkeypatch, space, extra, pattern):
         load_sweep(_sweep(tmp_path, space, extra))
 
 
+def test_a_sweep_refuses_an_experiment_without_a_validation_split(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _sweep(tmp_path, SPACE)
+    path.write_text(path.read_text().replace(
+        "experiments: [tiny.yaml]",
+        "experiments: [{config: tiny.yaml, overrides: [data.folds=3, data.fold=0, data.fold_val=false]}]"))
+    with pytest.raises(UserError, match=r"data.fold_val=false leaves the trials of tiny.yaml no validation split"):
+        base_experiments(load_sweep(path))
+
+
 def test_space_is_define_by_run_with_conditions_and_base_first(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_sweep(_sweep(tmp_path, SPACE))

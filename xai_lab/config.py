@@ -112,6 +112,7 @@ class DataConfig:
     group_by_subject: bool = False  # no subject in two splits (CK+)
     folds: int = _bounded(0, 0, 100)  # k-fold cross-validation (>= 3; 0: off); prepare writes every fold
     fold: int = _bounded(-1, -1, 99)  # -1: the holdout split above; 0..folds-1: fold k is the test set
+    fold_val: bool = True  # with a fold: fold k+1 validates (picks best.pt); false: it trains too, best.pt = last epoch
     on_bad_image: Literal["error", "skip"] = "error"  # skip: leave it out and record it
     on_bad_row: Literal["error", "skip"] = "error"  # malformed CSV / label.csv rows: stop, or skip and record
     dedup: Literal["keep", "drop_conflicts", "drop_cross_split", "drop_all"] = "keep"  # exact duplicates

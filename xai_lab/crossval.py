@@ -2,7 +2,8 @@
 
 ``prepare`` writes every fold of ``data.folds = k`` (grouped by subject when
 ``data.group_by_subject``); for fold ``i`` the test set is fold ``i``, val is fold ``i+1`` and
-the model trains on the rest. :func:`cross_validate` runs :func:`xai_lab.train.fit` and
+the model trains on the rest. With ``data.fold_val: false`` fold ``i+1`` trains too, val is
+empty and ``best.pt`` is the last epoch. :func:`cross_validate` runs :func:`xai_lab.train.fit` and
 evaluates the fold's ``best.pt`` with :func:`xai_lab.report.report_model` once per fold (plain
 function calls, one after another) and reports the mean and standard deviation over the folds.
 

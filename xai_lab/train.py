@@ -435,16 +435,20 @@ def _validate(s: TrainState, train_loss: float, epoch_seconds: float) -> None:
     tc, val, k = s.cfg.train, s.dataset.splits["val"], s.dataset.num_classes
     s.eval_model.eval()
     t_val = time.perf_counter()
-    val_logits = predict_logits(s.eval_model, s.data.x_val, tc.eval_batch_size, tc.amp, tta_flip=tc.tta_flip)
-    val_loss = float(F.cross_entropy(val_logits, s.data.y_val)) if len(val) else float("nan")
-    pred = val_logits.argmax(1).cpu().numpy()
-    del val_logits
+    val_loss = val_accuracy = val_f1 = float("nan")  # no val split (data.fold_val false): every epoch is best
+    if len(val):
+        val_logits = predict_logits(s.eval_model, s.data.x_val, tc.eval_batch_size, tc.amp, tta_flip=tc.tta_flip)
+        val_loss = float(F.cross_entropy(val_logits, s.data.y_val))
+        pred = val_logits.argmax(1).cpu().numpy()
+        del val_logits
+        val_accuracy = float((pred == val.labels).mean())
+        val_f1 = float(f1_score(val.labels, pred, labels=list(range(k)), average="macro", zero_division=0))
     s.metrics = {
         "epoch": s.epoch,
         "train_loss": train_loss,
         "val_loss": val_loss,
-        "val_accuracy": float((pred == val.labels).mean()) if len(val) else float("nan"),
-        "val_macro_f1": float(f1_score(val.labels, pred, labels=list(range(k)), average="macro", zero_division=0)),
+        "val_accuracy": val_accuracy,
+        "val_macro_f1": val_f1,
         "lr": s.optimizer.param_groups[0]["lr"],
         "epoch_seconds": epoch_seconds,
         "images_per_second": s.steps_per_epoch * tc.batch_size / epoch_seconds,
@@ -452,8 +456,8 @@ def _validate(s: TrainState, train_loss: float, epoch_seconds: float) -> None:
     }
     if s.device.type == "cuda":
         s.metrics["gpu_mem_peak_mb"] = torch.cuda.max_memory_allocated(s.device) / 2**20
-    if s.metrics["val_macro_f1"] > s.best_f1:
-        s.best_f1, s.best_epoch = s.metrics["val_macro_f1"], s.epoch
+    if not len(val) or val_f1 > s.best_f1:
+        s.best_f1, s.best_epoch = val_f1, s.epoch
         s.best_weights = {"model": {n: t.detach().clone() for n, t in s.eval_model.state_dict().items()},
                           "metrics": s.metrics}
 

@@ -41,6 +41,20 @@ class Split:
             soft_targets=None if self.soft_targets is None else self.soft_targets[idx],
         )
 
+    def concat(self, other: Split) -> Split:
+        """This split's images followed by ``other``'s."""
+
+        def cat(a, b):
+            return None if a is None else np.concatenate([a, b])
+
+        return Split(
+            images=np.concatenate([self.images, other.images]),
+            labels=np.concatenate([self.labels, other.labels]),
+            paths=self.paths + other.paths,
+            masks=cat(self.masks, other.masks),
+            soft_targets=cat(self.soft_targets, other.soft_targets),
+        )
+
 
 @dataclass
 class Dataset:
@@ -93,6 +107,9 @@ def load_dataset(data: DataConfig, progress: bool = False) -> Dataset:
             masks=None if masks is None else np.ascontiguousarray(masks[idx]),
             soft_targets=metadata[soft_cols].to_numpy(np.float32)[idx] if soft_cols else None,
         )
+    if data.fold >= 0 and not data.fold_val:  # the validation fold trains too; val is left empty
+        splits["train"] = splits["train"].concat(splits["val"])
+        splits["val"] = splits["val"].subset(np.arange(0))
     return Dataset(name=data.name, root=str(data.root), class_names=list(info["class_names"]), splits=splits)
 
 

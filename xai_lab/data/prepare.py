@@ -38,7 +38,7 @@ from xai_lab.data.splits import SPLITS, fold_indices, given_split_indices, kfold
 from xai_lab.errors import UserError
 
 # Keys that do not change what prepare writes (the fold is chosen at load time; the audit re-runs).
-_NOT_HASHED = ("fold", "audit")
+_NOT_HASHED = ("fold", "fold_val", "audit")
 
 
 def processed_dir(data: DataConfig) -> Path:

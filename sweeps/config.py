@@ -325,10 +325,10 @@ def base_experiments(cfg: SweepConfig) -> dict[str, ExperimentConfig]:
     for ref in cfg.experiments:
         exp = load_experiment(ref.config, [*ref.overrides, f"train.epochs={cfg.scheduler.max_epochs}"])
         exp.run.progress = False
-        if not exp.data.fold_val:
+        if exp.data.fold >= 0 and not exp.data.fold_val:
             raise UserError(
                 f"sweep '{cfg.name}': data.fold_val=false leaves the trials of {ref.config} no validation split, "
-                f"and a sweep ranks them on {CHECKPOINT_METRIC}; leave data.fold_val at true"
+                f"and a sweep ranks them on {CHECKPOINT_METRIC}; override it with data.fold_val=true"
             )
         if exp.data.name in bases:
             raise UserError(

@@ -83,6 +83,23 @@ def test_inline_sections_missing_files_and_bad_yaml(in_tmp):
         load_experiment("sect.yaml")
 
 
+def test_an_experiment_overrides_keys_of_its_section_files(in_tmp):
+    from xai_lab.config import read_data_section
+
+    (in_tmp / "exp.yaml").write_text("data: configs/data/ckplus.yaml\ntrain: configs/train/recipe.yaml\n"
+                                     "overrides: [data.fold_val=false, train.epochs=7]\n")
+    cfg = load_experiment("exp.yaml")
+    assert (cfg.data.fold_val, cfg.train.epochs, cfg.train.ema_decay) == (False, 7, 0.99)  # the rest from the files
+    assert load_experiment("exp.yaml", ["train.epochs=3"]).train.epochs == 3  # the command line comes last
+    assert read_data_section("exp.yaml")["fold_val"] is False  # evaluate --data EXP sees the same data section
+    (in_tmp / "bad.yaml").write_text("train: configs/train/recipe.yaml\noverrides: {train.epochs: 7}\n")
+    with pytest.raises(UserError, match=r"'overrides' in bad.yaml must be a list of key=value strings"):
+        load_experiment("bad.yaml")
+    (in_tmp / "bad.yaml").write_text("train: configs/train/recipe.yaml\noverrides: [train.epoch=7]\n")
+    with pytest.raises(UserError, match=r"unknown config key 'train.epoch'"):
+        load_experiment("bad.yaml")
+
+
 def test_resolved_config_round_trips(in_tmp):
     cfg = load_experiment(EXP, ["train.epochs=4"])
     save_config(cfg, in_tmp / "out" / "config.yaml")

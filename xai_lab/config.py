@@ -526,9 +526,11 @@ def read_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         raise UserError(f"{path} must be a mapping of sections ({', '.join(SECTIONS)}); "
                         f"got a {type(top).__name__}")
     values: dict[str, Any] = {}
+    own = _own_overrides(top, path)
     for section, ref in top.items():
         if section not in SECTIONS:
-            raise UserError(f"unknown config section '{section}' in {path}; valid sections: {', '.join(SECTIONS)}")
+            raise UserError(f"unknown config section '{section}' in {path}; valid sections: {', '.join(SECTIONS)}, "
+                            "overrides")
         if isinstance(ref, str):
             content = read_yaml(_find_section_file(ref, path)) or {}
             where = ref
@@ -537,9 +539,18 @@ def read_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         if not isinstance(content, dict):
             raise UserError(f"config section '{section}' ({where}) must be a mapping")
         values[section] = content
-    apply_overrides(values, overrides)
+    apply_overrides(values, [*own, *overrides])
     values.setdefault("run", {}).setdefault("name", path.stem)
     return from_dict(values)
+
+
+def _own_overrides(top: dict, path: Path) -> list[str]:
+    """Pop an experiment's ``overrides:`` list (``key=value`` strings, as on the command line, applied after its
+    sections and before the command line's): a section file with a key or two changed, without a copy of it."""
+    own = top.pop("overrides", None) or []
+    if not isinstance(own, list) or not all(isinstance(o, str) for o in own):
+        raise UserError(f"'overrides' in {path} must be a list of key=value strings, e.g. [data.fold_val=false]")
+    return own
 
 
 def read_data_section(path: str | Path) -> dict:
@@ -548,11 +559,13 @@ def read_data_section(path: str | Path) -> dict:
     top = read_yaml(path) or {}
     if not isinstance(top, dict):
         raise UserError(f"{path} must be a mapping of data keys (source, root, ...)")
-    if "data" in top and set(top) <= set(SECTIONS):  # an experiment: follow its data section
+    if "data" in top and set(top) <= {*SECTIONS, "overrides"}:  # an experiment: follow its data section
+        own = [o for o in _own_overrides(top, path) if o.startswith("data.")]
         ref = top["data"]
         top = (read_yaml(_find_section_file(ref, path)) or {}) if isinstance(ref, str) else (ref or {})
         if not isinstance(top, dict):
             raise UserError(f"the data section of {path} must be a mapping")
+        top = apply_overrides({"data": dict(top)}, own)["data"]
     return top
 
 

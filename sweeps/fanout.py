@@ -16,8 +16,11 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -212,20 +215,39 @@ def run_fanout(
     bar = tqdm(total=len(jobs), initial=len(outcome), desc="reports", unit="trial", disable=not progress,
                dynamic_ncols=True)
     try:
-        while pending:
-            # a short timeout keeps the driver's main thread responsive to Ctrl-C and SIGTERM
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            for ref in done:
-                job = pending.pop(ref)
-                outcome[(job.dataset, job.trial_id)] = save_report(folder[(job.dataset, job.trial_id)], job, ref)
-                bar.update(1)
-                bar.set_postfix(failed=sum(v != "ok" for v in outcome.values()))
+        with _ctrl_c_flag() as stopped:
+            while pending and not stopped.is_set():
+                # a short timeout keeps the loop checking the flag at least once a second
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in done:
+                    job = pending.pop(ref)
+                    outcome[(job.dataset, job.trial_id)] = save_report(folder[(job.dataset, job.trial_id)], job, ref)
+                    bar.update(1)
+                    bar.set_postfix(failed=sum(v != "ok" for v in outcome.values()))
+            if stopped.is_set():
+                raise KeyboardInterrupt
     finally:
         bar.close()
         for ref in pending:  # interrupted: stop the tasks still running
             ray.cancel(ref, force=True)
         record_reports(board, outcome, results)
     return outcome
+
+
+@contextmanager
+def _ctrl_c_flag():
+    """An event set by Ctrl-C (and by SIGTERM, which ``sweeps.cli.StopSignals`` hands to the SIGINT handler) while
+    the fan-out waits. A flag, not an exception: a ``KeyboardInterrupt`` raised inside a Ray call can be lost there,
+    and the sweep then carried on to the end; the loop checks the flag at least once a second."""
+    stopped = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield stopped
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stopped.set())
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def record_reports(board, outcome: dict[tuple[str, str], str], results: Path) -> None:

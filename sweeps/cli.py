@@ -17,8 +17,9 @@ class StopSignals:
     """SIGTERM stops a sweep the way Ctrl-C does, and the exit code says which one came (130 or 143).
 
     SIGTERM is handed to whichever SIGINT handler is installed at that moment: Ray Tune's while trials run
-    (a graceful stop that saves the experiment), Python's (``KeyboardInterrupt``) in the fan-out and the
-    report. Installed after Ray starts, so it replaces the handler Ray puts on SIGTERM.
+    (a graceful stop that saves the experiment), the fan-out's flag while reports run
+    (``sweeps.fanout._ctrl_c_flag``), Python's (``KeyboardInterrupt``) in the report. Installed after Ray
+    starts, so it replaces the handler Ray puts on SIGTERM.
     """
 
     def __init__(self):

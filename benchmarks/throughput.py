@@ -5,16 +5,17 @@ on one device and report images per second:
 
 * ``project``: :func:`xai_lab.train.train_steps`, exactly the loop ``fit`` runs: uint8 data on
   the device, indices drawn there, whole-batch augmentation there (``augment.strength``), the
-  resize inside the model, bf16 autocast and channels_last on CUDA.
+  resize inside the model, bf16 autocast (CUDA, or a CPU with AMX / AVX512-BF16) and channels_last.
 * ``bare_step``: forward + backward + optimizer step on one float batch already on the device
   (no data handling at all): the ceiling.
 * ``dataloader``: torchvision ``ImageFolder`` over PNG files, PIL transforms of the same
   augmentation (RandomAffine, flip, ColorJitter, Resize, RandomErasing), a ``DataLoader`` with
   worker processes and pinned memory: the usual way.
 
-Each depth and input size (default ResNet 18/34/50 at 48 and 112 px) is one setting: the three
-loops at the project's defaults (bf16 autocast, channels_last and cuDNN benchmark mode on CUDA;
-no torch.compile), then the project's loop once per measured switch, each flipped alone:
+Each depth and input size (default ResNet 18/34/50 at 48 and 112 px; ``--depths 20`` is the CIFAR-style
+ResNet-20) is one setting: the three loops at the project's defaults (bf16 autocast where the device
+computes bf16 natively, channels_last, cuDNN benchmark mode on CUDA; no torch.compile), then the
+project's loop once per measured switch, each flipped alone:
 ``compile`` (``train.compile: true``; its compile time is the first step's), ``cudnn_benchmark``,
 ``channels_last`` and ``bf16`` (each off). All loops of a setting take turns in timed rounds, so a
 busy machine slows them alike; the median round counts. Peak GPU memory is reported per loop.
@@ -45,8 +46,8 @@ import torch.nn.functional as F
 
 from xai_lab.config import AugmentConfig, ExperimentConfig, ModelConfig, TrainConfig
 from xai_lab.data.synthfaces import CLASSES, generate
-from xai_lab.device import autocast, resolve_device
-from xai_lab.models import build_model
+from xai_lab.device import autocast, bf16_on, resolve_device
+from xai_lab.models import MODELS, build_model, get_spec, resolve_model_config
 from xai_lab.train import make_optimizer, train_steps
 
 
@@ -58,7 +59,7 @@ def _sync(device: torch.device) -> None:
 def _setup(cfg: ExperimentConfig, device: torch.device, num_classes: int):
     torch.manual_seed(0)
     model = build_model(cfg.model, num_classes, 1).to(device)
-    if device.type == "cuda" and cfg.train.channels_last:
+    if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg.train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
@@ -87,7 +88,7 @@ def bare_loop(cfg: ExperimentConfig, device):
     _, step_model, opt, _ = _setup(cfg, device, len(CLASSES))
     bs, size = cfg.train.batch_size, cfg.model.input_size
     x = torch.rand(bs, 1, size, size, device=device)  # already at the model's input size
-    if device.type == "cuda" and cfg.train.channels_last:
+    if cfg.train.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, len(CLASSES), (bs,), device=device)
 
@@ -144,7 +145,7 @@ def dataloader_loop(cfg: ExperimentConfig, folder: Path, device, workers: int):
         while done < n:
             for x, y in batches:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if device.type == "cuda" and cfg.train.channels_last:
+                if cfg.train.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device, cfg.train.amp):
                     logits = backbone(x)
@@ -162,6 +163,7 @@ def dataloader_loop(cfg: ExperimentConfig, folder: Path, device, workers: int):
 
 
 SWITCHES = ("compile", "cudnn_benchmark", "channels_last", "bf16")
+DEPTHS = tuple(sorted(spec.depth for spec in MODELS.values()))
 FER2013_TRAIN_IMAGES = 28_709
 
 
@@ -237,8 +239,9 @@ def _csv(kind, choices=None):
 def measure_setting(args, depth: int, size: int, switches: list[str], images, labels, folder: Path, device,
                     steps: int, warmup: int, rounds: int, workers: int) -> dict:
     """One depth and input size: project vs bare vs DataLoader, and the project loop with each switch."""
+    cifar = get_spec(resolve_model_config(ModelConfig(depth=depth)).name).family == "cifar"
     cfg = ExperimentConfig(
-        model=ModelConfig(depth=depth, input_size=size, stem=args.stem),
+        model=ModelConfig(depth=depth, input_size=size, stem="auto" if cifar else args.stem),
         train=TrainConfig(batch_size=args.batch_size, amp=True, channels_last=True, compile=False,
                           cudnn_benchmark=True),
         augment=AugmentConfig(strength=args.strength),
@@ -270,8 +273,8 @@ def measure_setting(args, depth: int, size: int, switches: list[str], images, la
         r = speed[switch]
         row["switches"][switch] = {
             "setting": "on" if switch == "compile" else "off",
-            # on the CPU the loop applies no bf16, channels_last or cuDNN: those runs repeat the default
-            "applies": cuda or switch == "compile",
+            # cuDNN is CUDA's; bf16 needs a device that computes it natively: elsewhere the run repeats the default
+            "applies": {"cudnn_benchmark": cuda, "bf16": bf16_on(device)}.get(switch, True),
             "project_img_per_s": round(r["img_per_s"], 1),
             "vs_default": round(r["img_per_s"] / project, 3),
             "peak_gpu_mem_mb": r["peak_gpu_mem_mb"],
@@ -282,7 +285,8 @@ def measure_setting(args, depth: int, size: int, switches: list[str], images, la
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--depths", type=_csv(int, (18, 34, 50)), default=None, help="default 18,34,50 (smoke: 18)")
+    p.add_argument("--depths", type=_csv(int, DEPTHS), default=None,
+                   help="default 18,34,50 (smoke: 18); CIFAR-style ResNets: 8,14,20,32,44,56")
     p.add_argument("--input-sizes", type=_csv(int), default=None, help="default 48,112 (smoke: 48)")
     p.add_argument("--switches", type=_csv(str, SWITCHES), default=None,
                    help=f"project-loop variants, each measured alone: {','.join(SWITCHES)} or none "
@@ -334,7 +338,8 @@ def main(argv: list[str] | None = None) -> dict:
         "device": (torch.cuda.get_device_name(device) if cuda
                    else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"),
         "results": rows,
-        "settings": {"default": "bf16 autocast, channels_last, cudnn benchmark on CUDA; compile off",
+        "bf16": bf16_on(device),
+        "settings": {"default": "bf16 autocast where native, channels_last, cudnn benchmark on CUDA; compile off",
                      "stem": args.stem, "batch_size": args.batch_size, "augment_strength": args.strength,
                      "steps": steps, "warmup": warmup, "rounds": rounds, "dataloader_workers": workers,
                      "torch": torch.__version__, "smoke": args.smoke},

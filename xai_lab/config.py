@@ -159,8 +159,8 @@ class TrainConfig:
     class_weighted_loss: bool = False
     label_smoothing: float = _bounded(0.0, 0.0, 0.99)
     early_stopping_patience: int = _bounded(0, 0)  # epochs without a better val macro-F1; 0: off
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True  # on CUDA
+    amp: bool = True  # bf16 autocast on CUDA and on a CPU with bf16 units (AMX, AVX512-BF16); else fp32
+    channels_last: bool = True  # NHWC model and batches (CUDA and CPU)
     compile: bool = False  # torch.compile the model
     cudnn_benchmark: bool = True  # on CUDA: let cuDNN time its convolution algorithms once per shape
     checkpoint_every: int = _bounded(1, 1)  # epochs between last.pt/best.pt writes (the last epoch always)

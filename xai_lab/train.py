@@ -162,14 +162,13 @@ def train_steps(
     """
     tc = cfg.train
     device = images.device
-    channels_last = device.type == "cuda" and tc.channels_last
     loss_sum = torch.zeros((), device=device)
     rng = mix_rng(generator) if mixing_on(tc) else None  # mixup/CutMix draws, seeded from the epoch's state
     for i in range(steps):
         idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
         x = augment_batch(images[idx].float().div_(255), cfg.augment, generator)
         x, lam = mix_batch(x, tc, rng) if rng is not None else (x, 1.0)
-        if channels_last:
+        if tc.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, tc.amp):
             logits = model(x)
@@ -346,7 +345,7 @@ def _build(s: TrainState, resume_from: str | Path | None) -> None:
         s.init_info = init_from_checkpoint(model, cfg.model.init_from, s.dataset.class_names)
         log.info("initialised from %s (head %s)", s.init_info["path"], s.init_info["head"])
     model = model.to(device)
-    if device.type == "cuda" and tc.channels_last:
+    if tc.channels_last:  # NHWC: faster convolutions on CUDA and in oneDNN on the CPU
         model = model.to(memory_format=torch.channels_last)
     s.model, s.optimizer = model, make_optimizer(model, tc)
     s.scheduler = torch.optim.lr_scheduler.LambdaLR(s.optimizer, lambda i: lr_factor(i, steps, tc))

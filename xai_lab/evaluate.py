@@ -200,6 +200,52 @@ def evaluate_model(
     return summary
 
 
+def score_on_shared_classes(logits: np.ndarray, labels: np.ndarray, model_classes: list[str],
+                            data_classes: list[str], emotions: list[str] | None = None) -> tuple[dict, np.ndarray]:
+    """Score a model's ``logits`` on a dataset's images over the emotions both share (or ``emotions``, a subset).
+
+    Classes are lined up on the emotion vocabulary (:mod:`xai_lab.data.emotions`): images of the
+    dataset's other classes are left out, and the prediction is the most likely of the scored emotions
+    (the model's other outputs are ignored). ``accuracy_all_outputs`` is the stricter score where a
+    prediction of any other class counts as wrong.
+
+    Args:
+        logits: [N, K_model] for the dataset's images, in order.
+        labels: [N] the dataset's label indices.
+        emotions: the emotions to score on, each shared by both (default: every shared one).
+
+    Returns:
+        ``(summary, confusion)``: :func:`classification_summary` over the scored emotions plus
+        ``accuracy_all_outputs``, ``shared_classes``, ``model_only_classes``, ``data_only_classes`` and
+        ``n_left_out``; the confusion matrix (rows: true emotion). ``n`` is 0 (metrics NaN) when no
+        image of a scored emotion is there.
+    """
+    from xai_lab.data.emotions import shared_classes
+
+    shared = shared_classes(model_classes, data_classes)
+    wanted = shared.emotions if emotions is None else [e for e in shared.emotions if e in set(emotions)]
+    pos = [shared.emotions.index(e) for e in wanted]
+    model_idx = np.asarray([shared.model_idx[i] for i in pos], dtype=np.int64)
+    to_scored = np.full(len(data_classes), -1)
+    to_scored[[shared.data_idx[i] for i in pos]] = np.arange(len(wanted))
+    y_true = to_scored[labels]
+    keep = y_true >= 0
+    y_true, scored = y_true[keep], logits[keep]
+    cm = np.zeros((len(wanted), len(wanted)), dtype=np.int64)
+    if len(y_true):
+        y_pred = scored[:, model_idx].argmax(axis=1)
+        summary = classification_summary(y_true, y_pred, wanted)
+        all_outputs = float(np.mean(scored.argmax(axis=1) == model_idx[y_true]))
+        cm = confusion_matrix(y_true, y_pred, labels=list(range(len(wanted))))
+    else:
+        summary = {"accuracy": float("nan"), "macro_f1": float("nan"), "n": 0, "class_names": wanted,
+                   "per_class": {}}
+        all_outputs = float("nan")
+    summary.update(accuracy_all_outputs=all_outputs, shared_classes=wanted, model_only_classes=shared.model_only,
+                   data_only_classes=shared.data_only, n_left_out=int((~keep).sum()))
+    return summary, cm
+
+
 def evaluate_other_dataset(
     run_dir: str | Path,
     dataset,
@@ -209,12 +255,8 @@ def evaluate_other_dataset(
     max_images: int | None = None,
     device: str | None = None,
 ) -> dict:
-    """Score a run's best checkpoint on another dataset, over the emotions both share.
-
-    Classes are lined up on the emotion vocabulary (:mod:`xai_lab.data.emotions`): images of
-    classes the model never saw are left out, and the prediction is the most likely of the
-    shared classes (the model's other outputs are ignored). ``accuracy_all_outputs`` is the
-    stricter score where a prediction of a class the dataset lacks counts as wrong.
+    """Score a run's best checkpoint on another dataset, over the emotions both share
+    (:func:`score_on_shared_classes`).
 
     Writes ``test_summary.json`` and ``test_confusion_matrix.csv`` into ``report_dir``
     (default: the run's report folder ``/cross_<dataset>``), never over the run's own results.
@@ -223,47 +265,63 @@ def evaluate_other_dataset(
         The summary: accuracy, macro-F1, per class (named by the vocabulary), ``shared_classes``,
         ``model_only_classes``, ``data_only_classes``, ``n_left_out``, ``trained_on``, ``dataset``.
     """
-    from xai_lab.data.emotions import shared_classes
+    from xai_lab.data.emotions import common_classes
     from xai_lab.errors import UserError
     from xai_lab.runs import report_dir_for
 
     run = load_run(run_dir, device)
-    run_dir, model, cfg, model_classes = run.run_dir, run.model, run.cfg, run.class_names
-    shared = shared_classes(model_classes, dataset.class_names)
-    if not shared.emotions:
+    run_dir, cfg, model_classes = run.run_dir, run.cfg, run.class_names
+    if not common_classes(model_classes, dataset.class_names):
         raise UserError(f"the model's classes ({', '.join(model_classes)}) and {dataset.name}'s "
                         f"({', '.join(dataset.class_names)}) share no emotion")
-    data = dataset.splits[split]
-    if data.images.shape[1] != cfg.data.channels:
-        raise UserError(f"{dataset.name} has {data.images.shape[1]} channel(s) but the model takes "
-                        f"{cfg.data.channels}; set data.channels={cfg.data.channels}")
-    to_shared = np.full(len(dataset.class_names), -1)
-    to_shared[shared.data_idx] = np.arange(len(shared.emotions))
-    keep = np.flatnonzero(to_shared[data.labels] >= 0)
-    left_out = len(data) - len(keep)
-    if max_images is not None:
-        keep = keep[:max_images]
-    if len(keep) == 0:
+    data, left_out = shared_split(dataset, model_classes, split, cfg.data.channels, max_images)
+    if len(data) == 0:
         raise UserError(f"the {split} split of {dataset.name} holds no image of a shared class")
-    data = data.subset(keep)
-    y_true = to_shared[data.labels]
-    logits = predict_logits(model, to_device(data.images, next(model.parameters()).device),
-                            cfg.train.eval_batch_size, cfg.train.amp, tta_flip=cfg.train.tta_flip).cpu()
-    y_pred = logits[:, shared.model_idx].argmax(dim=1).numpy()
-    all_pred = logits.argmax(dim=1).numpy()
-    summary = classification_summary(y_true, y_pred, shared.emotions)
-    cm = confusion_matrix(y_true, y_pred, labels=list(range(len(shared.emotions))))
-    summary.update(
-        accuracy_all_outputs=float(np.mean(all_pred == np.asarray(shared.model_idx)[y_true])),
-        split=split, checkpoint=str(run.checkpoint), epoch=run.epoch, cross_dataset=True,
-        trained_on=cfg.data.name, dataset=dataset.name, shared_classes=shared.emotions,
-        model_only_classes=shared.model_only, data_only_classes=shared.data_only, n_left_out=int(left_out),
-    )
+    logits = split_logits(run, data.images)
+    summary, cm = score_on_shared_classes(logits, data.labels, model_classes, dataset.class_names)
+    summary["n_left_out"] = left_out
+    summary.update(split=split, checkpoint=str(run.checkpoint), epoch=run.epoch, cross_dataset=True,
+                   trained_on=cfg.data.name, dataset=dataset.name)
     if report_dir is None:
         report_dir = report_dir_for(run_dir) / f"cross_{dataset.name}"
     report_dir = Path(report_dir)
-    write_evaluation(report_dir, summary, cm, shared.emotions)
+    write_evaluation(report_dir, summary, cm, summary["shared_classes"])
     log.info("%s on %s (%s, shared: %s): accuracy %.4f macro-F1 %.4f on %d images (%d left out) -> %s",
-             run_dir.name, dataset.name, split, ", ".join(shared.emotions), summary["accuracy"],
-             summary["macro_f1"], summary["n"], left_out, report_dir)
+             run_dir.name, dataset.name, split, ", ".join(summary["shared_classes"]), summary["accuracy"],
+             summary["macro_f1"], summary["n"], summary["n_left_out"], report_dir)
     return summary
+
+
+def shared_split(dataset, model_classes: list[str], split: str, channels: int,
+                 max_images: int | None = None) -> tuple:
+    """The images of ``split`` whose class the model knows (the first ``max_images`` of them when given).
+
+    Returns:
+        ``(split, n_left_out)``: those images (possibly none), and how many of the split's images are of
+        other classes.
+
+    Raises:
+        UserError: the channels differ from the model's.
+    """
+    from xai_lab.data.emotions import shared_classes
+    from xai_lab.errors import UserError
+
+    data = dataset.splits[split]
+    if data.images.shape[1] != channels:
+        raise UserError(f"{dataset.name} has {data.images.shape[1]} channel(s) but the model takes "
+                        f"{channels}; set data.channels={channels}")
+    known = np.zeros(len(dataset.class_names), dtype=bool)
+    known[shared_classes(model_classes, dataset.class_names).data_idx] = True
+    keep = np.flatnonzero(known[data.labels])
+    if max_images is not None:
+        keep = keep[:max_images]
+    return data.subset(keep), int((~known[data.labels]).sum())
+
+
+def split_logits(run: LoadedRun, images: np.ndarray) -> np.ndarray:
+    """A loaded run's logits for uint8 ``images`` [N, C, H, W] (with its ``train.tta_flip``), on the host."""
+    cfg = run.cfg
+    if len(images) == 0:
+        return np.zeros((0, len(run.class_names)), dtype=np.float32)
+    return predict_logits(run.model, to_device(images, run.device), cfg.train.eval_batch_size, cfg.train.amp,
+                          tta_flip=cfg.train.tta_flip).float().cpu().numpy()

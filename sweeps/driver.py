@@ -8,6 +8,7 @@ Layout of ``<storage>/<sweep>/``::
     leaderboard.csv           every trial of every dataset
     reports/<dataset>/<trial> evaluate + plots + explain of the top-k trials (single-run layout)
     comparison.csv/.png       the best trial of each dataset side by side
+    transfer.csv/.png         with two datasets or more: each best trial on every dataset's test split
     index.html                the report (xai-lab report)
 
 Trials report through :func:`sweeps.trainable.train_trial`; nothing here trains.
@@ -405,8 +406,8 @@ def run_sweep(
     progress: bool = True,
     autoscaling: bool = False,
 ) -> SweepOutcome:
-    """Run the whole sweep on the connected Ray: tune each dataset, then leaderboard, fan-out,
-    comparison and report.
+    """Run the whole sweep on the connected Ray: tune each dataset, then leaderboard, fan-out (reports, and
+    the transfer matrix with two datasets or more), comparison and report.
 
     Args:
         cfg: the checked sweep.
@@ -443,7 +444,7 @@ def check_requests(cfg: SweepConfig, bases: dict, top_k: int, autoscaling: bool)
 def _run_locked(cfg, paths, *, resume, top, trainable, verbose, progress, autoscaling) -> SweepOutcome:
     """:func:`run_sweep`'s steps, with the results folder locked: tune, leaderboard, fan-out, comparison, report."""
     from sweeps.compare import write_comparison
-    from sweeps.fanout import run_fanout
+    from sweeps.fanout import run_fanout, run_transfer
     from sweeps.report import build_report
 
     bases = base_experiments(cfg)
@@ -470,6 +471,8 @@ def _run_locked(cfg, paths, *, resume, top, trainable, verbose, progress, autosc
     if interrupted:
         return outcome
     run_fanout(cfg, paths.results, bases, datasets, top_k, progress=progress)
+    if len(bases) > 1:
+        run_transfer(cfg, paths.results, datasets, progress=progress)
     write_comparison(paths.results)
     outcome.index_html = build_report(paths.results, top=top_k)
     return outcome

@@ -8,6 +8,10 @@ under ``reports/<dataset>/<trial>/`` in the single-run layout, so the tasks may 
 node. The tasks run concurrently; one that fails is recorded (``error.txt`` in its report
 folder and the leaderboard's ``report`` column) and the others carry on. A progress bar
 follows them.
+
+With two or more datasets, :func:`run_transfer` then tests each dataset's best reported trial on every
+dataset's test split (the transfer matrix, :mod:`xai_lab.transfer`): one Ray task per (model, dataset)
+pair, each a single forward pass over the split, written as ``transfer.csv`` and ``transfer.png``.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
 
 from sweeps.config import FanoutConfig, SweepConfig
-from sweeps.leaderboard import read_leaderboard, write_leaderboard
+from sweeps.leaderboard import read_leaderboard, record_reports
 from xai_lab.atomic import atomic_write_with
 from xai_lab.data.dataset import Dataset
 
@@ -214,24 +219,125 @@ def run_fanout(
                job for job in todo}
     bar = tqdm(total=len(jobs), initial=len(outcome), desc="reports", unit="trial", disable=not progress,
                dynamic_ncols=True)
+
+    def saved(ref: ray.ObjectRef, job: ReportJob) -> None:
+        outcome[(job.dataset, job.trial_id)] = save_report(folder[(job.dataset, job.trial_id)], job, ref)
+        bar.update(1)
+        bar.set_postfix(failed=sum(v != "ok" for v in outcome.values()))
+
+    try:
+        wait_for(pending, saved)
+    finally:
+        bar.close()
+        record_reports(board, outcome, results)
+    return outcome
+
+
+@dataclass
+class TransferJob:
+    """One cell of the transfer matrix: a trial's model on a dataset's test split, per class set."""
+
+    trained_on: str
+    tested_on: str
+    checkpoint: str  # the trial's checkpoint (a path or URI), as in ReportJob
+    class_sets: list[list[str] | None]  # xai_lab.transfer.plan_transfer's sets (None: every shared emotion)
+    max_images: int  # 0: the whole split
+
+
+def transfer_trial(job: TransferJob, dataset: Dataset) -> list[dict]:
+    """Score one trial's model on ``dataset``'s test split (:func:`xai_lab.transfer.transfer_scores`).
+
+    Runs in a Ray task, or in a plain process (no Ray API besides reading the checkpoint).
+    """
+    import torch
+
+    from xai_lab.device import release_device_memory
+    from xai_lab.evaluate import load_run
+    from xai_lab.transfer import transfer_scores
+
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    with tempfile.TemporaryDirectory(prefix="xai-transfer-") as tmp:
+        run = load_run(fetch_report_files(job.checkpoint, Path(tmp) / "run"))
+        device = run.device
+        try:
+            sets = [None if c is None else tuple(c) for c in job.class_sets]
+            return transfer_scores(run, dataset, sets, max_images=job.max_images or None)
+        finally:
+            run = None
+            release_device_memory(device)
+
+
+def run_transfer(cfg: SweepConfig, results: Path, datasets: dict[str, Dataset | ray.ObjectRef],
+                 progress: bool = True) -> Path | None:
+    """The transfer matrix of the best reported trial of each dataset, as Ray tasks; writes ``transfer.csv``,
+    ``transfer.png`` and ``transfer.json`` in ``results`` (:func:`xai_lab.transfer.write_transfer`).
+
+    A task that fails leaves its cell empty with the reason in the ``note`` column; the others carry on.
+    Ctrl-C and SIGTERM stop it as they stop the reports (:func:`wait_for`).
+
+    Returns:
+        The path of ``transfer.csv``, or None with fewer than two datasets reported.
+    """
+    from tqdm.auto import tqdm
+
+    from sweeps.compare import best_reports
+    from sweeps.resources import fanout_resources
+    from xai_lab.transfer import plan_transfer, transfer_table, write_transfer
+
+    best = best_reports(results)
+    if len(best) < 2:
+        return None
+    board = read_leaderboard(results / "leaderboard.csv")
+    checkpoint = {(r.dataset, r.trial_id): r.checkpoint for r in board.itertuples()}
+    classes = {d: json.loads((folder / "test_summary.json").read_text())["class_names"]
+               for d, (_, folder) in best.items()}
+    plan = plan_transfer(classes)
+    jobs = [TransferJob(m, d, checkpoint[(m, best[m][0])], [None if c is None else list(c) for c in sets],
+                        cfg.fanout.eval_max_images) for (m, d), sets in plan.items() if sets]
+    scores: dict[tuple[str, str], list[dict]] = {pair: [] for pair, sets in plan.items() if not sets}
+    failed: dict[tuple[str, str], str] = {}
+    refs = {name: ds if isinstance(ds, ray.ObjectRef) else ray.put(ds) for name, ds in datasets.items()}
+    res = fanout_resources(cfg)
+    remote = ray.remote(transfer_trial)
+    options = {"num_cpus": res["cpu"], "num_gpus": res["gpu"], "max_retries": REPORT_RETRIES}
+    pending = {remote.options(**options, name=f"transfer {j.trained_on} -> {j.tested_on}").remote(j, refs[j.tested_on]):
+               j for j in jobs}
+    bar = tqdm(total=len(jobs), desc="transfer", unit="pair", disable=not progress, dynamic_ncols=True)
+
+    def scored(ref: ray.ObjectRef, job: TransferJob) -> None:
+        pair = (job.trained_on, job.tested_on)
+        try:
+            scores[pair] = ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - one failed cell is recorded, the others carry on
+            failed[pair] = f"failed: {_first_line(e)}"
+            log.warning("transfer %s -> %s failed: %s", *pair, failed[pair])
+        bar.update(1)
+
+    try:
+        wait_for(pending, scored)
+    finally:
+        bar.close()
+    csv, _ = write_transfer(transfer_table(list(best), scores, failed), results)
+    return csv
+
+
+def wait_for(pending: dict, on_done: Callable[[ray.ObjectRef, Any], None]) -> None:
+    """Wait for the tasks of ``pending`` (``{ref: job}``), calling ``on_done(ref, job)`` as each ends.
+
+    Ctrl-C and SIGTERM set a flag the loop checks at least once a second (:func:`_ctrl_c_flag`); then the tasks
+    still running are cancelled and ``KeyboardInterrupt`` goes on to the caller.
+    """
     try:
         with _ctrl_c_flag() as stopped:
             while pending and not stopped.is_set():
-                # a short timeout keeps the loop checking the flag at least once a second
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in done:
-                    job = pending.pop(ref)
-                    outcome[(job.dataset, job.trial_id)] = save_report(folder[(job.dataset, job.trial_id)], job, ref)
-                    bar.update(1)
-                    bar.set_postfix(failed=sum(v != "ok" for v in outcome.values()))
+                    on_done(ref, pending.pop(ref))
             if stopped.is_set():
                 raise KeyboardInterrupt
     finally:
-        bar.close()
         for ref in pending:  # interrupted: stop the tasks still running
             ray.cancel(ref, force=True)
-        record_reports(board, outcome, results)
-    return outcome
 
 
 @contextmanager
@@ -248,45 +354,6 @@ def _ctrl_c_flag():
         yield stopped
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def record_reports(board, outcome: dict[tuple[str, str], str], results: Path) -> None:
-    """The leaderboard's ``report`` column and each reported trial's scores (:func:`report_scores`)."""
-    keys = list(zip(board["dataset"], board["trial_id"], strict=True))
-    board["report"] = [outcome.get(k, "") for k in keys]
-    scores = [report_scores(results / "reports" / d / t) if outcome.get((d, t)) == "ok" else {} for d, t in keys]
-    for column in dict.fromkeys(k for row in scores for k in row):
-        board[column] = [row.get(column) for row in scores]
-    write_leaderboard([board], results / "leaderboard.csv")
-
-
-# The explanation metrics a leaderboard row shows per method (xai/metrics.json), beside test accuracy.
-LEADERBOARD_METRICS = ("deletion_auc", "insertion_auc", "randomization_spearman", "pointing_game", "mask_iou")
-
-
-def report_scores(report_dir: Path) -> dict[str, float]:
-    """Test accuracy and macro-F1 (``test_summary.json``) and, per method, the explanation metrics
-    (``xai/metrics.json``) of one trial's report, as leaderboard columns (``gradcam:deletion_auc``, ...),
-    each beside its baselines (``gradcam:deletion_auc:random_maps``, ``...:randomized_model``)."""
-    out: dict[str, float] = {}
-    summary = report_dir / "test_summary.json"
-    if summary.is_file():
-        s = json.loads(summary.read_text())
-        out.update(test_accuracy=s.get("accuracy"), test_macro_f1=s.get("macro_f1"))
-    metrics = report_dir / "xai" / "metrics.json"
-    if metrics.is_file():
-        for method, entry in json.loads(metrics.read_text()).items():
-            if not isinstance(entry, dict):
-                continue
-            baselines = {"random_maps": entry.get("random_baseline") or {},
-                         "randomized_model": entry.get("randomized_model_baseline") or {}}
-            for key in LEADERBOARD_METRICS:
-                if isinstance(entry.get(key), (int, float)):
-                    out[f"{method}:{key}"] = entry[key]
-                    for name, values in baselines.items():
-                        if isinstance(values.get(key), (int, float)):
-                            out[f"{method}:{key}:{name}"] = values[key]
-    return out
 
 
 def _first_line(e: BaseException) -> str:

@@ -11,6 +11,7 @@ why, or empty when the trial was not among the top k) after the fan-out.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -135,3 +136,42 @@ def read_leaderboard(path: Path) -> pd.DataFrame:
     text = {"report": str, "error": str, "trial_id": str, "checkpoint": str, "trial_dir": str}
     board = pd.read_csv(path, dtype=text)
     return board.fillna({k: "" for k in text if k in board})
+
+
+def record_reports(board, outcome: dict[tuple[str, str], str], results: Path) -> None:
+    """The leaderboard's ``report`` column and each reported trial's scores (:func:`report_scores`)."""
+    keys = list(zip(board["dataset"], board["trial_id"], strict=True))
+    board["report"] = [outcome.get(k, "") for k in keys]
+    scores = [report_scores(results / "reports" / d / t) if outcome.get((d, t)) == "ok" else {} for d, t in keys]
+    for column in dict.fromkeys(k for row in scores for k in row):
+        board[column] = [row.get(column) for row in scores]
+    write_leaderboard([board], results / "leaderboard.csv")
+
+
+# The explanation metrics a leaderboard row shows per method (xai/metrics.json), beside test accuracy.
+LEADERBOARD_METRICS = ("deletion_auc", "insertion_auc", "randomization_spearman", "pointing_game", "mask_iou")
+
+
+def report_scores(report_dir: Path) -> dict[str, float]:
+    """Test accuracy and macro-F1 (``test_summary.json``) and, per method, the explanation metrics
+    (``xai/metrics.json``) of one trial's report, as leaderboard columns (``gradcam:deletion_auc``, ...),
+    each beside its baselines (``gradcam:deletion_auc:random_maps``, ``...:randomized_model``)."""
+    out: dict[str, float] = {}
+    summary = report_dir / "test_summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        out.update(test_accuracy=s.get("accuracy"), test_macro_f1=s.get("macro_f1"))
+    metrics = report_dir / "xai" / "metrics.json"
+    if metrics.is_file():
+        for method, entry in json.loads(metrics.read_text()).items():
+            if not isinstance(entry, dict):
+                continue
+            baselines = {"random_maps": entry.get("random_baseline") or {},
+                         "randomized_model": entry.get("randomized_model_baseline") or {}}
+            for key in LEADERBOARD_METRICS:
+                if isinstance(entry.get(key), (int, float)):
+                    out[f"{method}:{key}"] = entry[key]
+                    for name, values in baselines.items():
+                        if isinstance(values.get(key), (int, float)):
+                            out[f"{method}:{key}:{name}"] = values[key]
+    return out

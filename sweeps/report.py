@@ -36,7 +36,8 @@ from xai_lab.config import read_yaml
 from xai_lab.errors import UserError
 from xai_lab.plots import CURVES
 
-COPIED = ("leaderboard.csv", "comparison.csv", "comparison.json", "sweep.yaml")
+COPIED = ("leaderboard.csv", "comparison.csv", "comparison.json", "sweep.yaml", "compare.json", "transfer.csv",
+          "transfer.json")
 
 # The galleries explain draws under xai/<method>/<gallery>/, in page order; only the first starts open.
 GALLERIES = {
@@ -121,7 +122,7 @@ def _copy_reports(sweep: Path, dest: Path, chosen: pd.DataFrame) -> None:
     for name in COPIED:
         if (sweep / name).is_file():
             shutil.copy2(sweep / name, dest / name)
-    for png in sweep.glob("comparison*.png"):
+    for png in [*sweep.glob("comparison*.png"), *sweep.glob("transfer.png")]:
         shutil.copy2(png, dest / png.name)
     for row in chosen.itertuples():
         src = sweep / "reports" / row.dataset / row.trial_id
@@ -178,7 +179,8 @@ def render(dest: Path, board: pd.DataFrame, chosen: pd.DataFrame) -> str:
 
 
 def page(dest: Path, board: pd.DataFrame, chosen: pd.DataFrame) -> dict:
-    """Everything ``index.html`` shows, as plain data."""
+    """Everything ``index.html`` shows, as plain data. A sweep's folder has ``sweep.yaml``; one written by
+    ``xai-lab compare`` has ``compare.json`` (one run per dataset, no search) instead."""
     sweep_cfg = read_yaml(dest / "sweep.yaml") if (dest / "sweep.yaml").is_file() else {}
     space = list((sweep_cfg.get("space") or {}).keys())
     datasets = list(dict.fromkeys(board["dataset"])) if not board.empty else []
@@ -195,6 +197,7 @@ def page(dest: Path, board: pd.DataFrame, chosen: pd.DataFrame) -> dict:
                        for row in rows.itertuples()],
         })
     return {
+        "kind": "sweep" if sweep_cfg or not (dest / "compare.json").is_file() else "comparison",
         "name": sweep_cfg.get("name") or dest.name,
         "metric": (sweep_cfg.get("search") or {}).get("metric", "val_macro_f1"),
         "n_trials": len(board),
@@ -203,6 +206,7 @@ def page(dest: Path, board: pd.DataFrame, chosen: pd.DataFrame) -> dict:
         "headline": headline(dest, chosen),
         "best": best_cards(dest, chosen, space),
         "comparison": comparison(dest),
+        "transfer": transfer(dest),
         "leaderboard": leaderboard(board, space),
         "datasets": sections,
         "generated": time.strftime("%Y-%m-%d %H:%M"),
@@ -232,8 +236,16 @@ def lead_method(entries: dict) -> str | None:
 
 
 def headline(dest: Path, chosen: pd.DataFrame) -> str:
-    """One sentence, computed from the reports: how the best trial of each dataset did, and, with several
-    datasets, how much worse the others are than the best in accuracy and in explanation metrics."""
+    """Computed from the reports: how the best trial of each dataset did, and, with several datasets, how much
+    worse the others are than the best in accuracy and in explanation metrics, then the transfer matrix's
+    in-domain against cross-domain gap (:func:`xai_lab.transfer.transfer_sentence`)."""
+    text = _best_sentence(dest, chosen)
+    info = dest / "transfer.json"
+    sentence = json.loads(info.read_text()).get("sentence") if info.is_file() else None
+    return f"{text} {sentence}" if sentence else text
+
+
+def _best_sentence(dest: Path, chosen: pd.DataFrame) -> str:
     best = []
     for d, rows in chosen.groupby("dataset", sort=False):
         ok = rows[rows["report"] == "ok"]
@@ -325,7 +337,29 @@ def comparison(dest: Path) -> dict | None:
         "differing": info.get("differing_keys") or [],
         "f1_png": url("comparison.png") if (dest / "comparison.png").is_file() else None,
         "maps": maps,
+        "explanations": [{"dataset": d, "trial_id": t, "table": explanation_table(_explanation_metrics(dest, d, t))}
+                         for d, t in zip(table["dataset"], table["trial_id"], strict=True)
+                         if _explanation_metrics(dest, d, t)],
     }
+
+
+def transfer(dest: Path) -> dict | None:
+    """The transfer matrix (``transfer.csv``, ``transfer.png``) as table rows, or None without one (a single
+    dataset, or no two datasets reported)."""
+    from xai_lab.transfer import read_transfer
+
+    csv = dest / "transfer.csv"
+    if not csv.is_file():
+        return None
+    table = read_transfer(csv)
+    if table["trained_on"].nunique() < 2:
+        return None
+    rows = [{"trained_on": r["trained_on"], "tested_on": r["tested_on"], "in_domain": bool(r["in_domain"]),
+             "classes": r["classes"] or "–", "n": int(r["n"]), "accuracy": _fmt(r["accuracy"]),
+             "macro_f1": _fmt(r["macro_f1"]), "reference": _fmt(r["in_domain_accuracy"]), "gap": _fmt(r["gap"]),
+             "note": r["note"]} for _, r in table.iterrows()]
+    return {"rows": rows, "png": url("transfer.png") if (dest / "transfer.png").is_file() else None,
+            "n_datasets": int(table["trained_on"].nunique())}
 
 
 def leaderboard(board: pd.DataFrame, space: list[str]) -> dict:

@@ -41,8 +41,8 @@ def results(tmp_path_factory) -> Path:
     that failed in training."""
     from sweeps.compare import write_comparison
     from sweeps.config import load_sweep, sweep_to_dict
-    from sweeps.fanout import ReportJob, report_scores, report_trial
-    from sweeps.leaderboard import write_leaderboard
+    from sweeps.fanout import ReportJob, report_trial
+    from sweeps.leaderboard import report_scores, write_leaderboard
     from xai_lab.data.dataset import load_dataset
     from xai_lab.experiment import load_experiment
     from xai_lab.train import fit
@@ -134,6 +134,7 @@ def test_names_with_html_are_text_on_the_page(results, tmp_path):
     loaded = body_data(dumped)
     assert loaded["images"] == str(len(pngs)) and loaded["broken"] == "0", loaded
     assert not list(Path.cwd().glob("pwned*")) and not list(results.rglob("pwned"))
+    assert not dom.having(id="transfer") and "Transfer" not in dom.text  # one dataset: no empty transfer section
 
     shot = tmp_path / "escaping.png"
     screenshot(index, shot)

@@ -210,6 +210,30 @@ def test_comparison_on_shared_classes(sweep):
         assert (results / name).stat().st_size > 1000
 
 
+def test_transfer_matrix_of_the_best_trials(sweep):
+    """Each dataset's best model on both test splits: the cross cells over the two shared classes, each beside
+    the target dataset's own model on the same faces, and the sentence that states the gap."""
+    results = sweep.paths.results
+    table = pd.read_csv(results / "transfer.csv", keep_default_na=False)
+    assert [(r.trained_on, r.tested_on) for r in table.itertuples()] == [
+        ("tinya", "tinya"), ("tinya", "tinyb"), ("tinyb", "tinya"), ("tinyb", "tinyb")]
+    best = pd.read_csv(results / "comparison.csv", dtype={"trial_id": str}).set_index("dataset")["trial_id"]
+    support = {}  # test images per class of each dataset, from its best trial's report
+    for d in ("tinya", "tinyb"):
+        folder = results / "reports" / d / best[d]
+        summary = json.loads((folder / "test_summary.json").read_text())
+        support[d] = {k: v["support"] for k, v in summary["per_class"].items()}
+        diagonal = table[(table.trained_on == d) & (table.tested_on == d)].iloc[0]
+        assert diagonal.n == summary["n"] and diagonal.accuracy == pytest.approx(summary["accuracy"])
+        assert diagonal.n_classes == 3 and diagonal.gap == ""
+    for row in table[~table.in_domain].itertuples():
+        assert row.classes == "happiness sadness" and row.note == ""
+        assert row.n == support[row.tested_on]["happy"] + support[row.tested_on]["sad"]  # the shared faces only
+        assert float(row.gap) == pytest.approx(float(row.in_domain_accuracy) - float(row.accuracy))
+    assert (results / "transfer.png").stat().st_size > 5000
+    assert json.loads((results / "transfer.json").read_text())["sentence"].startswith("In-domain test accuracy")
+
+
 def chromium_check(index: Path, shot: Path) -> tuple[Elements, dict]:
     """Open ``index`` in headless Chromium: the DOM once loaded (parsed), the body's data attributes
     (how many images, how many did not load: naturalWidth 0) and a screenshot."""
@@ -249,8 +273,9 @@ def test_report_opens_in_chromium_with_every_image(sweep, tmp_path):
     assert sorted(unquote(a["src"]) for a in dom.having("img")) == pngs and int(attrs["images"]) == len(pngs)
     assert not dom.having(data_section="other-figures")  # each has its own place on the page
     # the page's sections, and each trial's blocks
-    for section in ("best", "comparison", "leaderboard"):
+    for section in ("best", "comparison", "transfer", "leaderboard"):
         assert dom.having(id=section), section
+    assert dom.having("img", src="transfer.png") and len(dom.having(data_section="comparison-explanations")) == 1
     assert len(dom.having("h2", data_section="dataset")) == 2
     assert len(dom.having("section", **{"class": "trial"})) == 2
     for block in TRIAL_SECTIONS:
@@ -266,6 +291,7 @@ def test_report_opens_in_chromium_with_every_image(sweep, tmp_path):
     assert galleries == _galleries_on_disk(out)
     assert all(galleries[(g, m)] == 2 for g in ("gallery-high_conf", "gallery-low_conf") for m in methods)
     assert "test accuracy" in dom.text and "Explanation metrics" in dom.text  # the headline, metrics.md
+    assert "In-domain test accuracy averages" in dom.text  # the headline states the transfer gap
 
 
 def dies_once_then_reports(marker: Path, calls: Path):

@@ -1,8 +1,10 @@
 """Refresh the screenshots of README's "Watching a sweep": the Ray dashboard while a sweep runs, then
-TensorBoard's HParams view and the report of the finished sweep (PNGs in docs/figures/).
+TensorBoard's HParams view and the report of the finished sweep (PNGs in docs/figures/); or the figures
+of docs/comparison.md from a finished ``xai-lab compare`` folder.
 
     python docs/screenshots.py                       # runs configs/sweeps/quickstart.yaml (about 5 min on 2 CPUs)
     python docs/screenshots.py --sweep ray_results/X  # TensorBoard and the report of a finished sweep only
+    python docs/screenshots.py --comparison artifacts/comparisons/X   # docs/figures/comparison_*.png
 
 Needs headless Chromium (``chromium`` or ``chromium-browser``; ``make chromium`` installs it). The Ray
 dashboard asks for a sign-in token; the screenshot goes through a small local proxy that adds the token
@@ -128,12 +130,32 @@ def tensorboard_hparams(sweep: Path) -> None:
         tb.terminate()
 
 
+def comparison_figures(folder: Path) -> None:
+    """docs/comparison.md's figures: the report's comparison and transfer sections (screenshots), and the
+    comparison's own PNGs (transfer matrix, per-class F1, class means per method) copied beside them."""
+    index = (folder / "index.html").resolve()
+    if not index.is_file():
+        sys.exit(f"{folder} holds no index.html: pass the folder xai-lab compare wrote")
+    screenshot(f"{index.as_uri()}#comparison", FIGURES / "comparison_report.png", size="1500,1500", wait_ms=3000)
+    screenshot(f"{index.as_uri()}#transfer", FIGURES / "comparison_report_transfer.png", size="1500,1100",
+               wait_ms=3000)
+    names = {"transfer.png": "comparison_transfer.png", "comparison.png": "comparison_f1.png"}
+    for png in [folder / "transfer.png", *sorted(folder.glob("comparison*.png"))]:
+        out = FIGURES / names.get(png.name, png.name)  # comparison_<method>.png keep their names
+        shutil.copyfile(png, out)
+        print(f"wrote {out.relative_to(ROOT)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/sweeps/quickstart.yaml")
     parser.add_argument("--sweep", type=Path, help="a finished sweep folder: skip the run and the dashboard")
+    parser.add_argument("--comparison", type=Path, help="a finished xai-lab compare folder: its figures only")
     args = parser.parse_args()
     FIGURES.mkdir(parents=True, exist_ok=True)
+    if args.comparison:
+        comparison_figures(args.comparison)
+        return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     sweep = args.sweep or run_sweep_with_dashboard(args.config, f"screenshots-{time.strftime('%Y%m%d-%H%M%S')}")
     tensorboard_hparams(sweep.resolve())

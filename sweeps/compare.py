@@ -1,5 +1,13 @@
 """Comparison across datasets: the best reported trial of each, on the classes they share.
 
+Two ways in, one way out. A sweep's driver calls :func:`write_comparison` after its fan-out (reports
+and transfer matrix made as Ray tasks, ``sweeps.fanout``); ``xai-lab compare --runs A B ...``
+(:func:`compare_runs`) takes runs already trained by ``train``, ``cv`` or a sweep, makes the same
+reports and transfer matrix in this process, writes a ``leaderboard.csv`` of one row per run, and calls
+the same :func:`write_comparison` and :func:`sweeps.report.build_report`. Either way the folder holds
+``leaderboard.csv``, ``reports/<dataset>/<run>/``, ``transfer.csv``/``.png`` (two datasets or more),
+the files below and ``index.html``.
+
 Writes, beside the leaderboard:
 
 - ``comparison.csv``: one row per dataset: trial, test accuracy and macro-F1 (over the
@@ -15,6 +23,11 @@ classes are "the same" (the emotion vocabulary replaces it when it lands).
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -24,12 +37,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from sweeps.leaderboard import read_leaderboard  # noqa: E402
+from sweeps.leaderboard import read_leaderboard, report_scores  # noqa: E402
 from xai_lab.atomic import atomic_write_json, atomic_write_with  # noqa: E402
 from xai_lab.config import flatten, read_yaml  # noqa: E402
+from xai_lab.data.dataset import Dataset, load_dataset  # noqa: E402
 from xai_lab.data.emotions import class_key, common_classes  # noqa: E402
-from xai_lab.explain.run import ClassMeans  # noqa: E402
+from xai_lab.errors import UserError  # noqa: E402
+from xai_lab.evaluate import LoadedRun, load_run  # noqa: E402
+from xai_lab.explain.run import ClassMeans, check_methods, explain_settings  # noqa: E402
 from xai_lab.plots import save_figure  # noqa: E402
+from xai_lab.runs import new_run_id, resolve_run_dir, train_log_rows  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 IGNORED_KEYS = ("run.", "data.", "explain.")  # differ by construction between datasets
 
@@ -84,10 +103,11 @@ def write_comparison(results: Path) -> Path | None:
         results / "comparison.json",
         {"shared_classes": shared, "differing_keys": differing, "datasets": list(best)},
     )
-    _plot_f1(table, shared, results / "comparison.png")
-    methods = sorted({p.parent.name for _, f in best.values() for p in f.glob("xai/*/class_means.npz")})
-    for method in methods:
-        _plot_maps(best, shared, method, results / f"comparison_{method}.png")
+    if shared:  # figures over the shared classes; datasets that share none are compared in the table only
+        _plot_f1(table, shared, results / "comparison.png")
+        methods = sorted({p.parent.name for _, f in best.values() for p in f.glob("xai/*/class_means.npz")})
+        for method in methods:
+            _plot_maps(best, shared, method, results / f"comparison_{method}.png")
     return csv
 
 
@@ -136,3 +156,170 @@ def _plot_maps(best: dict[str, tuple[str, Path]], shared: list[str], method: str
                 ax.set_ylabel(d, fontsize=8)
     fig.suptitle(f"{method}: mean map of each shared class (rows: datasets)", fontsize=10)
     save_figure(fig, path)
+
+
+# --- xai-lab compare: runs already trained -------------------------------------------------------
+
+# What compare's overrides may set (key prefixes): how the runs are explained and where they run, never
+# what a model is or which data it is scored on.
+COMPARE_OVERRIDES = ("explain.", "run.device", "run.progress", "train.eval_batch_size", "train.amp")
+
+
+@dataclass
+class ComparedRun:
+    """One run of a comparison: its name there (the dataset column), its report id and the loaded model."""
+
+    name: str
+    run_id: str
+    run: LoadedRun
+    dataset: Dataset
+
+
+def parse_run_arg(text: str) -> tuple[str, Path]:
+    """``NAME=PATH`` or ``PATH`` (named by its dataset later) -> ``(name or "", resolved run folder)``."""
+    name, sep, path = text.partition("=")
+    if not sep or "/" in name or not name:  # a path may hold '=' after a '/': then it is a bare path
+        name, path = "", text
+    return name, resolve_run_dir(path)
+
+
+def run_id_of(run_dir: Path) -> str:
+    """The id a run's report goes under: its folder's name, with the parent's for a cv fold (``cv-…_fold3``) and
+    the trial's for a sweep checkpoint (``<trial>``)."""
+    if re.fullmatch(r"checkpoint_\d+", run_dir.name):
+        return run_dir.parent.name
+    if re.fullmatch(r"fold\d+", run_dir.name):
+        return f"{run_dir.parent.name}_{run_dir.name}"
+    return run_dir.name
+
+
+def check_out_folder(out: Path) -> None:
+    """A comparison writes into a new or empty folder: never over an earlier result."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} already exists and is not empty; choose a new folder (results are never "
+                        "overwritten)")
+
+
+def compare_runs(runs: list[str], out: str | Path | None = None, *, methods: list[str] | None = None,
+                 num_each: int | None = None, overrides: list[str] | tuple[str, ...] = (), smoke: bool = False,
+                 progress: bool = True) -> Path:
+    """``xai-lab compare``: the comparison a sweep writes, for runs already trained.
+
+    Each run is reported on its own test split (:func:`xai_lab.report.report_model`: evaluation, plots,
+    explanations with both baselines and class means), every model is tested on every run's test split over
+    the classes they share (the transfer matrix), and the folder gets ``leaderboard.csv`` (one row per run),
+    the comparison and ``index.html``.
+
+    Args:
+        runs: run folders (``train``'s, a ``cv`` fold's ``fold<k>``, a sweep trial's checkpoint), each
+            ``PATH`` (named by its ``data.name``) or ``NAME=PATH``. Names must differ.
+        out: a new or empty folder (default ``artifacts/comparisons/<time>``).
+        methods: the explainers run on every run (default: the first run's ``explain.methods``).
+        num_each: images per gallery (default: each run's ``explain.num_each``).
+        overrides: ``key=value`` of :data:`COMPARE_OVERRIDES` (``explain.class_means=32``, ``run.device=cpu``).
+        smoke: tiny: the first images of each split, the smoke explain settings.
+
+    Returns:
+        The path of ``index.html``.
+    """
+    from xai_lab.config import SMOKE_EVAL_IMAGES, SMOKE_EXPLAIN
+
+    if not runs:
+        raise UserError("compare needs at least one run (--runs RUN [RUN ...])")
+    out = Path(out) if out else Path("artifacts") / "comparisons" / new_run_id()
+    check_out_folder(out)
+    compared = load_compared([parse_run_arg(text) for text in runs], [*(SMOKE_EXPLAIN if smoke else []), *overrides],
+                             progress)
+    methods = check_methods(list(methods or compared[0].run.cfg.explain.methods))
+    # built in a staging folder beside --out and renamed into place at the end: a comparison that fails leaves nothing
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    stage.mkdir(parents=True)
+    try:
+        _compare_into(stage, compared, methods, num_each, SMOKE_EVAL_IMAGES if smoke else None)
+        atomic_write_json(stage / "compare.json", {"runs": {c.name: str(c.run.run_dir) for c in compared},
+                                                   "methods": methods, "smoke": smoke})
+        write_comparison(stage)
+        from sweeps.report import build_report
+
+        build_report(stage)
+        if out.is_dir():
+            out.rmdir()  # empty (check_out_folder)
+        stage.rename(out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out / "index.html"
+
+
+def load_compared(named: list[tuple[str, Path]], overrides: list[str], progress: bool) -> list[ComparedRun]:
+    """Load each ``(name, run folder)`` (its ``best.pt``, its saved config with ``overrides``, its dataset).
+
+    Raises:
+        UserError: an override outside :data:`COMPARE_OVERRIDES`, or two runs with the same name.
+    """
+    from xai_lab.config import apply_overrides, from_dict, load_saved, parse_override, to_dict
+
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        if not key.startswith(COMPARE_OVERRIDES):
+            raise UserError(f"override '{text}' cannot be set by compare; allowed: "
+                            f"{', '.join(k + '*' if k.endswith('.') else k for k in COMPARE_OVERRIDES)}")
+    compared: list[ComparedRun] = []
+    for name, run_dir in named:
+        cfg = from_dict(apply_overrides(to_dict(load_saved(run_dir / "config.yaml")), overrides))
+        name = name or cfg.data.name
+        if any(c.name == name for c in compared):
+            raise UserError(f"two runs are named {name!r} (trained on the same data); name them: --runs "
+                            f"{name}_a=RUN_A {name}_b=RUN_B")
+        run = load_run(run_dir, cfg.run.device)
+        run.cfg = cfg
+        compared.append(ComparedRun(name, run_id_of(run.run_dir), run, load_dataset(cfg.data, progress=progress)))
+    return compared
+
+
+def _compare_into(out: Path, compared: list[ComparedRun], methods: list[str], num_each: int | None,
+                  max_images: int | None) -> None:
+    """:func:`compare_runs`'s work: a report per run, ``leaderboard.csv``, and the transfer matrix."""
+    from xai_lab.report import report_model
+    from xai_lab.transfer import plan_transfer, transfer_scores, transfer_table, write_transfer
+
+    rows = []
+    for c in compared:
+        report_dir = out / "reports" / c.name / c.run_id
+        explain = explain_settings(c.run.cfg.explain, num_each=num_each, methods=methods)
+        log.info("compare: reporting %s (%s)", c.name, c.run.run_dir)
+        report_model(c.run, report_dir, dataset=c.dataset, max_images=max_images, explain=explain)
+        rows.append(run_row(c, report_dir))
+    board = pd.DataFrame(rows)
+    atomic_write_with(out / "leaderboard.csv", lambda p: board.to_csv(p, index=False))
+    if len(compared) > 1:
+        by_name = {c.name: c for c in compared}
+        plan = plan_transfer({c.name: c.dataset.class_names for c in compared})
+        scores = {pair: transfer_scores(by_name[pair[0]].run, by_name[pair[1]].dataset, sets, max_images=max_images)
+                  for pair, sets in plan.items()}
+        write_transfer(transfer_table(list(by_name), scores), out)
+
+
+def run_row(c: ComparedRun, report_dir: Path) -> dict:
+    """The leaderboard row of a compared run: what its ``train_log.jsonl`` says of its training, and its report's
+    scores (``sweeps.leaderboard.report_scores``)."""
+    train_log = c.run.run_dir / "train_log.jsonl"
+    log_rows = [row for _, row in train_log_rows(train_log)] if train_log.is_file() else []
+    f1 = [r["val_macro_f1"] for r in log_rows if r.get("val_macro_f1") == r.get("val_macro_f1")]  # NaN: no val
+    return {
+        "dataset": c.name,
+        "rank": 1,
+        "trial_id": c.run_id,
+        "status": "completed",
+        "base": False,
+        "score": max(f1) if f1 else float("nan"),
+        "best_epoch": c.run.epoch,
+        "epochs_run": log_rows[-1]["epoch"] if log_rows else 0,
+        "wall_seconds": sum(r.get("epoch_seconds", 0.0) + r.get("val_seconds", 0.0) for r in log_rows),
+        "images_per_second": float(np.mean([r["images_per_second"] for r in log_rows])) if log_rows else float("nan"),
+        "error": "",
+        "trial_dir": str(c.run.run_dir),
+        "checkpoint": str(c.run.run_dir),
+        "report": "ok",
+        **report_scores(report_dir),
+    }

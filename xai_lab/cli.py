@@ -275,6 +275,24 @@ def cmd_report(args: argparse.Namespace) -> None:
     run(args)
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    """``xai-lab compare --runs [NAME=]RUN_DIR ... [--out DIR] [--methods a,b] [key=value ...]``."""
+    import re
+
+    from sweeps.compare import compare_runs  # the sweep's comparison code; no Ray is started
+    from xai_lab.config import SECTIONS
+
+    # argparse hands every word after --runs to it: the dotted overrides are told apart by their section
+    override = re.compile(rf"^({'|'.join(SECTIONS)})\.[\w.]+=")
+    runs = [a for a in args.runs if not override.match(a)]
+    overrides = [a for a in args.runs if override.match(a)] + list(args.overrides)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    index = compare_runs(runs, args.out, methods=methods, num_each=args.num_each, overrides=overrides,
+                         smoke=args.smoke, progress=not args.quiet)
+    print(f"comparison: {index.parent}")
+    print(f"report: {index.resolve()}")
+
+
 def _report(run_dir: Path, out: str | None) -> Path:
     from xai_lab.runs import report_dir_for
 
@@ -351,6 +369,20 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None,
                     help="folder to pull the reports into (default: the sweep folder)")
     rp.set_defaults(func=cmd_report)
+    cp = sub.add_parser("compare", help="compare trained runs across datasets: reports, transfer matrix, index.html",
+                        description="report each run on its own test split, test every model on every run's "
+                        "test split over the shared classes (the transfer matrix), and write the comparison "
+                        "and index.html a sweep writes")
+    cp.add_argument("--runs", nargs="+", required=True, metavar="[NAME=]RUN_DIR",
+                    help="run folders (train, a cv fold, a sweep trial's checkpoint); NAME= names one (default: "
+                    "its data.name)")
+    cp.add_argument("--out", default=None, help="a new folder (default: artifacts/comparisons/<time>)")
+    cp.add_argument("--methods", default=None, help="comma-separated explainers (default: the first run's)")
+    cp.add_argument("--num-each", type=int, default=None, help="images per gallery (default: explain.num_each)")
+    cp.add_argument("--smoke", action="store_true", help="the same work, tiny: a few images, cheap explainers")
+    cp.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="explain.*, run.device, run.progress, train.eval_batch_size, train.amp")
+    cp.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -105,3 +105,21 @@ def test_fer_recipe_missing_dataset_is_one_line_and_exit_2(capsys, tmp_path):
     out, err = capsys.readouterr()
     assert e.value.code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and str(missing) in err and "kaggle" in err.lower()
+
+
+def test_baselines_smoke_scores_the_majority_class_of_the_training_split(capsys, tmp_path):
+    import numpy as np
+
+    from xai_lab.data.dataset import load_dataset
+    from xai_lab.experiment import load_experiment, smoke_overrides
+
+    shared = BENCH.parents[1] / "shared" / "datasets" / "fer2013-sample"
+    config = str(BENCH.parent / "configs" / "experiments" / "exp011_resnet20_fer2013_cpu.yaml")
+    extra = [f"data.root={shared}", f"data.processed_root={tmp_path}"]
+    out = run_smoke("baselines", capsys, "--config", config, *extra)
+    data = load_dataset(load_experiment(config, [*smoke_overrides(config), *extra]).data)
+    majority = np.bincount(data.splits["train"].labels).argmax()
+    assert out["majority_class"] == data.class_names[majority] and out["n_test"] == len(data.splits["test"])
+    expected = float(np.mean(data.splits["test"].labels == majority))
+    assert out["majority_test_accuracy"] == round(expected, 4)
+    assert 0 <= out["logreg_test_accuracy"] <= 1 and out["logreg_fit_seconds"] >= 0

@@ -491,13 +491,14 @@ def apply_overrides(values: dict, overrides: list[str] | tuple[str, ...]) -> dic
     return values
 
 
-# --smoke: one short epoch on a dozen images per class (xai_lab.experiment.smoke_overrides, the sweeps' --smoke)
-SMOKE_OVERRIDES = ["train.epochs=1", "train.batch_size=16", "explain.num_each=2"]
 # explain --smoke: tiny galleries, a few scored images, cheap method settings
 SMOKE_EXPLAIN = ["explain.num_each=2", "explain.per_class=1", "explain.class_means=2", "explain.compare_rows=2",
                  "explain.metrics.num_images=8", "explain.metrics.steps=4", "explain.metrics.randomization_images=2",
                  "explain.smoothgrad.samples=4", "explain.integrated_gradients.steps=8", "explain.occlusion.window=16",
                  "explain.occlusion.stride=16"]
+# --smoke: one short epoch on a dozen images per class, explained cheaply (xai_lab.experiment.smoke_overrides; a
+# sweep's --smoke gives them to every trial, so its fan-out explains with the cheap settings too)
+SMOKE_OVERRIDES = ["train.epochs=1", "train.batch_size=16", *SMOKE_EXPLAIN]
 SMOKE_PER_CLASS = 12
 SMOKE_EVAL_IMAGES = 64
 # The overrides train --resume takes: none changes what the run computes on the same kind of device

@@ -44,7 +44,8 @@ from xai_lab.data.dataset import Dataset, load_dataset  # noqa: E402
 from xai_lab.data.emotions import class_key, common_classes  # noqa: E402
 from xai_lab.errors import UserError  # noqa: E402
 from xai_lab.evaluate import LoadedRun, load_run  # noqa: E402
-from xai_lab.explain.run import ClassMeans, check_methods, explain_settings  # noqa: E402
+from xai_lab.explain.class_means import ClassMeans  # noqa: E402
+from xai_lab.explain.run import check_methods, explain_settings  # noqa: E402
 from xai_lab.plots import save_figure  # noqa: E402
 from xai_lab.runs import new_run_id, resolve_run_dir, train_log_rows  # noqa: E402
 

@@ -11,8 +11,9 @@ from conftest import ROOT, SHARED
 from PIL import Image, ImageFilter
 
 from xai_lab.config import AuditConfig
-from xai_lab.data.audit import split_shift_sections, summary_lines
+from xai_lab.data.audit_markdown import summary_lines
 from xai_lab.data.prepare import prepare
+from xai_lab.data.split_shift import split_shift_sections
 from xai_lab.experiment import build_data_config
 
 CLASSES = ("happy", "sad")

@@ -6,7 +6,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 from xai_lab.evaluate import classification_summary
 from xai_lab.explain.explainers import explain_batched
-from xai_lab.explain.run import select_confident
+from xai_lab.explain.selection import select_confident
 
 
 def test_summary_equals_sklearn_on_a_known_confusion():

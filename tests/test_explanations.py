@@ -265,7 +265,7 @@ def test_cam_grid_size_matches_the_layer_output(resnets):
 
 
 def test_selection_picks_misclassified_and_per_class():
-    from xai_lab.explain.run import select_misclassified, select_per_class
+    from xai_lab.explain.selection import select_misclassified, select_per_class
 
     probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4]])
     labels = np.array([0, 0, 1, 1])
@@ -291,7 +291,7 @@ def _entry(pg, pg_rmod, ins=0.8, ins_rnd=0.5, ins_rmod=0.6):
 
 
 def test_a_method_must_beat_the_randomized_model_to_be_the_model_s_doing():
-    from xai_lab.explain.run import randomized_model_verdict
+    from xai_lab.explain.scoring import randomized_model_verdict
 
     passed, text = randomized_model_verdict(_entry(0.9, 0.3), margin=0.25)
     assert passed and "because of what the model learned" in text and "0.90 against 0.30" in text

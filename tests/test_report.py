@@ -12,8 +12,9 @@ import torch
 from conftest import make_folder_dataset, write_tiny_experiment
 
 from xai_lab.experiment import load_experiment
+from xai_lab.explain.class_means import ClassMeans
 from xai_lab.explain.explainers import explain_batched, normalise_maps
-from xai_lab.explain.run import ClassMeans, plan_requests
+from xai_lab.explain.selection import plan_requests
 from xai_lab.models import cam_grid_size
 
 LAYER3 = "backbone.layer3"

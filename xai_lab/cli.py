@@ -91,7 +91,8 @@ def load_run_config(
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from xai_lab.data.audit import audit_dataset, summary_lines
+    from xai_lab.data.audit import audit_dataset
+    from xai_lab.data.audit_markdown import summary_lines
     from xai_lab.data.prepare import prepare
 
     cfg = load_config(args)
@@ -103,7 +104,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    from xai_lab.data.audit import summary_lines
+    from xai_lab.data.audit_markdown import summary_lines
     from xai_lab.data.prepare import run_audit
 
     cfg = load_config(args)

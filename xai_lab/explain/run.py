@@ -27,8 +27,10 @@ For each method (``explain.methods``, with its ``explain.<method>`` parameters),
 
 Every map is computed once, in batches on the device: the (image, target) pairs that the
 galleries, class means and metrics need (:func:`plan_requests`) are explained together.
-:func:`explain_model` does all this for a model already loaded (:func:`xai_lab.report.report_model`
-evaluates, plots and explains one); :func:`explain_run` loads a run's ``best.pt`` first.
+Which images (:mod:`.selection`), the class means (:mod:`.class_means`) and the scoring with its
+verdicts (:mod:`.scoring`) live beside this module. :func:`explain_model` does all this for a model
+already loaded (:func:`xai_lab.report.report_model` evaluates, plots and explains one);
+:func:`explain_run` loads a run's ``best.pt`` first.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,15 +49,28 @@ import torch
 import torch.nn as nn
 
 from xai_lab.atomic import atomic_write_json, atomic_write_text, atomic_write_with
-from xai_lab.config import ExperimentConfig, ExplainConfig, ExplainMetricsConfig
+from xai_lab.config import ExperimentConfig, ExplainConfig
 from xai_lab.errors import UserError
-from xai_lab.explain import metrics as M
+from xai_lab.explain.class_means import ClassMeans, class_means
 from xai_lab.explain.drawing import draw_class_means, draw_comparison, draw_explanation, draw_metric_curves
-from xai_lab.explain.explainers import EXPLAINERS, LAYER_METHODS, explain_batched, normalise_maps, resolve_layer
+from xai_lab.explain.explainers import EXPLAINERS, LAYER_METHODS, resolve_layer
+from xai_lab.explain.scoring import (
+    Explainer,
+    Scoring,
+    explanation_summary,
+    log_entry,
+    metrics_markdown,
+    randomized_model_verdict,
+)
+from xai_lab.explain.selection import (
+    ExplainRequests,
+    class_mean_indices,
+    plan_requests,
+    scored_indices,
+    select_galleries,
+)
 
 log = logging.getLogger(__name__)
-
-METRIC_KEYS = ("deletion_auc", "insertion_auc", "randomization_spearman", "pointing_game", "mask_iou")
 
 
 class ExplainResult(dict):
@@ -70,50 +85,6 @@ class ExplainResult(dict):
     def __init__(self, written: dict[str, list[Path]], metrics: dict, summary: dict, report_dir: Path):
         super().__init__(written)
         self.metrics, self.summary, self.report_dir = metrics, summary, report_dir
-
-
-# --- which images ------------------------------------------------------------------------------
-
-
-def select_confident(probs: np.ndarray, num_each: int) -> dict[str, np.ndarray]:
-    """Indices of the ``num_each`` most (descending) and least (ascending) confident predictions."""
-    conf = probs.max(axis=1)
-    order = np.argsort(-conf, kind="stable")
-    n = min(num_each, len(conf))
-    return {"high_conf": order[:n].copy(), "low_conf": order[::-1][:n].copy()}
-
-
-def select_misclassified(probs: np.ndarray, labels: np.ndarray, num_each: int) -> np.ndarray:
-    """Indices of the ``num_each`` most confident wrong predictions (most confident first)."""
-    conf = probs.max(axis=1)
-    wrong = np.flatnonzero(probs.argmax(axis=1) != labels)
-    return wrong[np.argsort(-conf[wrong], kind="stable")][:num_each]
-
-
-def select_per_class(probs: np.ndarray, labels: np.ndarray, per_class: int, num_classes: int) -> list[np.ndarray]:
-    """For each true class, the indices of its ``per_class`` most confidently predicted images."""
-    conf = probs.max(axis=1)
-    out = []
-    for k in range(num_classes):
-        idx = np.flatnonzero(labels == k)
-        out.append(idx[np.argsort(-conf[idx], kind="stable")][:per_class])
-    return out
-
-
-def select_galleries(probs: np.ndarray, labels: np.ndarray, ec: ExplainConfig,
-                     class_names: list[str]) -> dict[str, tuple[np.ndarray, list[str]]]:
-    """``{gallery: (indices, file names)}`` for the galleries in ``ec.selection``."""
-    out: dict[str, tuple[np.ndarray, list[str]]] = {}
-    confident = select_confident(probs, ec.num_each)
-    for group in ec.selection:
-        if group in confident or group == "misclassified":
-            idx = confident[group] if group in confident else select_misclassified(probs, labels, ec.num_each)
-            out[group] = (idx, [f"sample{r:02d}.png" for r in range(len(idx))])
-        else:
-            per = select_per_class(probs, labels, ec.per_class, len(class_names))
-            names = [f"{class_names[k]}_{r:02d}.png" for k, idx in enumerate(per) for r in range(len(idx))]
-            out[group] = (np.concatenate(per).astype(np.int64), names)
-    return out
 
 
 def check_methods(methods: list[str]) -> list[str]:
@@ -143,304 +114,12 @@ def cam_grid(model: nn.Module, layer: nn.Module, image: torch.Tensor) -> list[in
     return list(shapes[-1][-2:])
 
 
-# --- scoring -----------------------------------------------------------------------------------
-
-
-class _Explainer:
-    """One method bound to its parameters and layer (looked up by name, so it follows model copies)."""
-
-    def __init__(self, method: str, params: dict, layer_name: str, batch_size: int):
-        self.method, self.params, self.layer_name, self.batch_size = method, params, layer_name, batch_size
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        kw = dict(self.params)
-        if self.method in LAYER_METHODS:
-            kw["layer"] = model.get_submodule(self.layer_name)
-        return explain_batched(self.method, model, x, target, self.batch_size, **kw)
-
-
-def map_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
-               masks: torch.Tensor | None, mc, batch_size: int) -> tuple[dict, dict]:
-    """Faithfulness to ``model`` (deletion, insertion) and, with masks, localisation (pointing game,
-    mask IoU) of ``maps``, the explanations of ``x`` for ``target``: (means, mean curves)."""
-    di = M.deletion_insertion(model, x, target, maps, mc.steps, batch_size, mc.seed)
-    out = {
-        "deletion_auc": float(di["deletion_auc"].mean()),
-        "insertion_auc": float(di["insertion_auc"].mean()),
-    }
-    if masks is not None:
-        out["pointing_game"] = float(M.pointing_game(maps, masks, mc.pointing_tolerance, mc.seed).mean())
-        out["mask_iou"] = float(M.mask_iou(maps, masks, mc.seed).mean())
-    return out, {"deletion": di["deletion"].mean(0).tolist(), "insertion": di["insertion"].mean(0).tolist()}
-
-
-def score_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
-               masks: torch.Tensor | None, explain, mc, batch_size: int) -> tuple[dict, dict]:
-    """Every metric of ``maps`` (:func:`map_scores` and the randomization test): (means, curves).
-
-    ``explain(model, x, target)`` recomputes maps on a randomized model; ``explain=None`` scores
-    random maps against random maps (the randomization reference).
-    """
-    out, curves = map_scores(model, x, target, maps, masks, mc, batch_size)
-    n_r = min(mc.randomization_images, len(x))
-    if explain is None:
-        other = M.random_maps(n_r, *maps.shape[-2:], seed=mc.seed + 1, device=maps.device)
-        rand = {"all layers": M.spearman(maps[:n_r].abs(), other)}
-    else:
-        rand = M.randomization_test(lambda m: explain(m, x[:n_r], target[:n_r]), model, maps[:n_r], mc.seed)
-    out["randomization_spearman"] = float(list(rand.values())[-1].mean())
-    curves["randomization"] = {name: float(rho.mean()) for name, rho in rand.items()}
-    return out, curves
-
-
-def randomized_model_verdict(entry: dict, margin: float) -> tuple[bool, str]:
-    """Whether the method's maps are the trained model's doing, judged against the same method on the
-    fully randomized model: (passed, one sentence).
-
-    With masks: the pointing game beats the randomized model's by ``margin`` and insertion AUC beats
-    both baselines. Without masks: insertion AUC beats both baselines.
-    """
-    rnd, rmod = entry["random_baseline"], entry["randomized_model_baseline"]
-    ins, ins_rnd, ins_rmod = entry["insertion_auc"], rnd["insertion_auc"], rmod["insertion_auc"]
-    insertion_ok = ins > max(ins_rnd, ins_rmod)
-    insertion = f"insertion AUC {ins:.2f} against {ins_rnd:.2f} (random maps) and {ins_rmod:.2f} (randomized model)"
-    if "pointing_game" not in entry:
-        if insertion_ok:
-            return True, f"is faithful to the trained model beyond both baselines ({insertion})"
-        return False, f"is no more faithful than a baseline ({insertion})"
-    pg, pg_rmod = entry["pointing_game"], rmod["pointing_game"]
-    pointing = f"pointing game {pg:.2f} against {pg_rmod:.2f} on the randomized model"
-    if pg >= pg_rmod + margin and insertion_ok:
-        return True, f"points at the expression parts because of what the model learned ({pointing}; {insertion})"
-    if pg < pg_rmod + margin:
-        return False, (f"points at the masks nearly as well (or better) with nothing learned ({pointing}, "
-                       f"a margin under {margin:.2f}): the image, not the model, explains its localisation")
-    return False, f"localises, but its pixel order is no more faithful than a baseline's ({insertion})"
-
-
-def randomization_verdict(rho: float, threshold: float) -> str:
-    if rho >= threshold:
-        return (f"FAILS the randomization test: its maps barely change when the model's weights are randomized "
-                f"(Spearman {rho:.2f} >= {threshold:.2f}); they show the image more than what the model learned")
-    return f"passes the randomization test (Spearman {rho:.2f} < {threshold:.2f} once every layer is randomized)"
-
-
-def metrics_markdown(entries: dict) -> str:
-    """``xai/metrics.md``: every method's metrics beside both baselines, and the verdicts."""
-    keys = [k for k in METRIC_KEYS if any(k in e for e in entries.values())]
-    arrows = {"deletion_auc": "lower is better", "insertion_auc": "higher is better",
-              "randomization_spearman": "lower is better", "pointing_game": "higher is better",
-              "mask_iou": "higher is better"}
-    lines = ["# Explanation metrics", "",
-             "Each cell: the method's value, then in brackets the same metric for random maps and for the "
-             "same method on the fully randomized model (the maps scored against the trained model).", "",
-             "| method | " + " | ".join(f"{k} ({arrows[k]})" for k in keys) + " |",
-             "|---|" + "---|" * len(keys)]
-    for method, e in entries.items():
-        cells = []
-        for k in keys:
-            if k not in e:
-                cells.append("")
-                continue
-            rmod = e.get("randomized_model_baseline", {}).get(k)
-            cells.append(f"{e[k]:.3f} ({e['random_baseline'][k]:.3f}" + (f" / {rmod:.3f})" if rmod is not None
-                                                                          else ")"))
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines.append("")
-    for method, e in entries.items():
-        lines.append(f"- **{method}** {e['randomization_verdict']}.")
-        if "randomized_model_verdict" in e:
-            lines.append(f"- **{method}** {e['randomized_model_verdict']}.")
-    first = next(iter(entries.values()))
-    lines += ["", f"Split `{first['split']}`, {first['n_images']} images ({first['n_randomization_images']} in the "
-              f"randomization cascade), explained for the predicted class. Target layer of the Grad-CAM family: "
-              f"`{first['target_layer']}` (grid {first['cam_grid'][0]}x{first['cam_grid'][1]}).", ""]
-    return "\n".join(lines)
-
-
-def explanation_summary(entries: dict) -> dict:
-    """The ``explanations`` block of ``test_summary.json``: the headline numbers of every method."""
-    first = next(iter(entries.values()))
-    return {
-        "split": first["split"],
-        "n_images": first["n_images"],
-        "target_layer": first["target_layer"],
-        "cam_grid": first["cam_grid"],
-        "methods": {m: {**{k: e[k] for k in METRIC_KEYS if k in e}, "randomization_passed": e["randomization_passed"],
-                        "randomized_model_baseline": e.get("randomized_model_baseline", {}),
-                        "beats_randomized_model": e.get("beats_randomized_model")}
-                    for m, e in entries.items()},
-        "random_baseline": {k: v for k, v in first["random_baseline"].items()},
-    }
-
-
 def _read_json(path: Path) -> dict | None:
     try:
         value = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     return value if isinstance(value, dict) else None
-
-
-# --- which (image, target) pairs are explained ------------------------------------------------
-
-
-def scored_indices(n: int, mc: ExplainMetricsConfig) -> np.ndarray:
-    """The images the metrics score: ``mc.num_images`` of ``n`` drawn at random (seeded), sorted; none when off."""
-    rng = np.random.default_rng(mc.seed)
-    return np.sort(rng.permutation(n)[: mc.num_images]) if mc.enabled else np.zeros(0, np.int64)
-
-
-def class_mean_indices(labels: np.ndarray, num_classes: int, per_class: int) -> np.ndarray:
-    """The images averaged into the class means: the first ``per_class`` of each true class (0: all), class by class."""
-    per = [np.flatnonzero(labels == k)[: per_class or None] for k in range(num_classes)]
-    return np.concatenate(per).astype(np.int64)
-
-
-@dataclass(frozen=True)
-class ExplainRequests:
-    """The (image, target class) pairs that a set of outputs asks for, each distinct pair explained once.
-
-    Attributes:
-        index, target: the distinct pairs (image indices into the split, the classes explained), sorted.
-        rows: ``{output: the positions in index/target of the pairs it asked for, in its order}``.
-    """
-
-    index: np.ndarray
-    target: np.ndarray
-    rows: dict[str, np.ndarray]
-
-    def targets(self, output: str) -> np.ndarray:
-        """The classes ``output`` asked to explain, in its order."""
-        return self.target[self.rows[output]]
-
-    def inputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The distinct pairs as one batch on the device of uint8 ``images``: float images in [0, 1], targets."""
-        dev = images.device
-        x = images[torch.as_tensor(self.index, device=dev)].float().div_(255)
-        return x, torch.as_tensor(self.target, device=dev)
-
-    def split(self, maps: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Maps of the distinct pairs [n, H, W] -> ``{output: its maps, in the order it asked}``."""
-        return {name: maps[torch.as_tensor(rows, device=maps.device)] for name, rows in self.rows.items()}
-
-
-def plan_requests(outputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> ExplainRequests:
-    """The distinct pairs of ``{output: (image indices, target classes)}`` and where each output's pairs are."""
-    asked = [np.stack([np.asarray(i, np.int64).reshape(-1), np.asarray(t, np.int64).reshape(-1)], 1)
-             for i, t in outputs.values()]
-    pairs, where = np.unique(np.concatenate([np.zeros((0, 2), np.int64), *asked]), axis=0, return_inverse=True)
-    rows = np.split(where.reshape(-1), np.cumsum([len(a) for a in asked])[:-1]) if asked else []
-    return ExplainRequests(pairs[:, 0].copy(), pairs[:, 1].copy(), dict(zip(outputs, rows, strict=True)))
-
-
-# --- class means -------------------------------------------------------------------------------
-
-
-def class_means(maps: torch.Tensor, classes: np.ndarray,
-                class_names: list[str]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Each class's mean of the ``maps`` whose ``classes`` is it, every map scaled to [0, 1] first
-    (:func:`normalise_maps`): ``({name: float32 [H, W]}, {name: count})`` for the classes present."""
-    scaled = normalise_maps(maps)
-    means, counts = {}, {}
-    for k, name in enumerate(class_names):
-        rows = np.flatnonzero(classes == k)
-        if len(rows):
-            means[name] = scaled[torch.as_tensor(rows, device=maps.device)].mean(0).cpu().numpy().astype(np.float32)
-            counts[name] = len(rows)
-    return means, counts
-
-
-@dataclass
-class ClassMeans:
-    """``xai/<method>/class_means.npz``: each true class's mean map (:func:`class_means`) and how it was made.
-
-    The maps are those of the first ``explain.class_means`` images of each class of the split,
-    explained for their true class with the method's ``explain.<method>`` parameters and, for the
-    Grad-CAM family, ``explain.layer``. The npz holds one float32 [H, W] array per class name and,
-    under ``__meta__``, the other fields as JSON (an npz written without it loads with defaults).
-    """
-
-    maps: dict[str, np.ndarray]
-    counts: dict[str, int] = field(default_factory=dict)
-    method: str = ""
-    split: str = ""
-    target_layer: str = ""  # the Grad-CAM family's layer, recorded for every method (as in metrics.json)
-    uses_layer: bool = False  # whether the method reads target_layer
-    cam_grid: list[int] = field(default_factory=list)  # [h, w] of target_layer's output
-    params: dict = field(default_factory=dict)  # the method's explain.<method> parameters
-
-    META_KEY: ClassVar[str] = "__meta__"
-
-    def save(self, path: Path) -> None:
-        meta = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "maps"}
-        _save_npz(path, {**self.maps, self.META_KEY: np.array(json.dumps(meta))})
-
-    @classmethod
-    def load(cls, path: str | Path) -> ClassMeans:
-        with np.load(path) as z:
-            maps = {k: z[k] for k in z.files if k != cls.META_KEY}
-            meta = json.loads(str(z[cls.META_KEY])) if cls.META_KEY in z.files else {}
-        return cls(maps, **meta)
-
-    def title(self) -> str:
-        """The method, and for the Grad-CAM family the layer and its grid (the class-means figure's title)."""
-        if not self.uses_layer:
-            return self.method
-        return f"{self.method} on {self.target_layer} ({'x'.join(map(str, self.cam_grid))})"
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
-            np.savez_compressed(f, **arrays)
-
-    atomic_write_with(path, write)
-
-
-# --- scoring every method on the same images ---------------------------------------------------
-
-
-class _Scoring:
-    """The metrics of each method on one set of scored images, beside the two baselines (made once)."""
-
-    def __init__(self, model: nn.Module, images: torch.Tensor, preds: np.ndarray, masks: np.ndarray | None,
-                 scored: np.ndarray, ec: ExplainConfig):
-        dev = images.device
-        self.model, self.mc, self.batch_size, self.n = model, ec.metrics, ec.batch_size, len(scored)
-        self.x = images[torch.as_tensor(scored, device=dev)].float().div_(255)
-        self.t = torch.as_tensor(preds[scored], device=dev)
-        self.masks = None if masks is None else torch.as_tensor(np.ascontiguousarray(masks[scored]), device=dev)
-        self.random_baseline: dict | None = None
-        self.random_curves: dict | None = None
-        self.randomized: nn.Module | None = None
-
-    def score(self, explainer: _Explainer, maps: torch.Tensor) -> tuple[dict, dict]:
-        """One method's ``maps`` of the scored images: its metrics with the randomization test and both
-        baselines, and its curves."""
-        mc, model, bs = self.mc, self.model, self.batch_size
-        entry, curves = score_maps(model, self.x, self.t, maps, self.masks, explainer, mc, bs)
-        if self.randomized is None:
-            rmaps = M.random_maps(self.n, *maps.shape[-2:], seed=mc.seed, device=maps.device)
-            self.random_baseline, self.random_curves = score_maps(model, self.x, self.t, rmaps, self.masks, None, mc,
-                                                                  bs)
-            self.randomized = M.randomized_copy(model, mc.seed)
-        randomized_maps = explainer(self.randomized, self.x, self.t)
-        randomized_baseline, _ = map_scores(model, self.x, self.t, randomized_maps, self.masks, mc, bs)
-        rho = entry["randomization_spearman"]
-        entry.update(randomization_passed=bool(rho < mc.randomization_threshold),
-                     randomization_verdict=randomization_verdict(rho, mc.randomization_threshold),
-                     randomization_curve=curves["randomization"], random_baseline=dict(self.random_baseline),
-                     randomized_model_baseline=randomized_baseline)
-        return entry, curves
-
-
-def _log_entry(method: str, entry: dict) -> None:
-    pointing = f" pointing {entry['pointing_game']:.3f} IoU {entry['mask_iou']:.3f}" if "pointing_game" in entry else ""
-    log.info("%s: deletion %.3f insertion %.3f randomization rho %.3f%s", method, entry["deletion_auc"],
-             entry["insertion_auc"], entry["randomization_spearman"], pointing)
-    if not entry["randomization_passed"]:
-        log.warning("%s %s", method, entry["randomization_verdict"])
 
 
 # --- the verb ----------------------------------------------------------------------------------
@@ -568,7 +247,7 @@ class _Job:
     galleries: dict[str, tuple[np.ndarray, list[str]]]
     requests: ExplainRequests
     inputs: tuple[torch.Tensor, torch.Tensor]  # the requests' images and targets, as one batch
-    scoring: _Scoring | None
+    scoring: Scoring | None
     xai: Path
 
 
@@ -588,7 +267,7 @@ def _prepare(model: nn.Module, cfg: ExperimentConfig, class_names: list[str], da
     means = class_mean_indices(data.labels, len(class_names), ec.class_means)
     requests = plan_requests({**{group: (idx, preds[idx]) for group, (idx, _) in galleries.items()},
                               SCORED: (scored, preds[scored]), CLASS_MEANS: (means, data.labels[means])})
-    scoring = _Scoring(model, images, preds, data.masks, scored, ec) if len(scored) else None
+    scoring = Scoring(model, images, preds, data.masks, scored, ec) if len(scored) else None
     return _Job(model, ec, class_names, data, images, preds, probs.max(1), layer_name, grid, galleries, requests,
                 requests.inputs(images), scoring, xai)
 
@@ -598,7 +277,7 @@ def _explain_method(job: _Job, method: str) -> tuple[list[Path], dict[str, np.nd
     its metrics entry, its curves); no entry or curves with the metrics off."""
     t0 = time.perf_counter()
     params = method_params(job.ec, method)
-    explainer = _Explainer(method, params, job.layer_name, job.ec.batch_size)
+    explainer = Explainer(method, params, job.layer_name, job.ec.batch_size)
     maps = job.requests.split(explainer(job.model, *job.inputs))
     seconds_maps = time.perf_counter() - t0
     gallery_maps = {group: maps[group].cpu().numpy() for group in job.galleries}
@@ -618,7 +297,7 @@ def _explain_method(job: _Job, method: str) -> tuple[list[Path], dict[str, np.nd
                      seconds_total=round(time.perf_counter() - t0, 3))
         passed, verdict = randomized_model_verdict(entry, mc.randomized_margin)
         entry.update(beats_randomized_model=passed, randomized_model_verdict=verdict)
-        _log_entry(method, entry)
+        log_entry(method, entry)
     log.info("%s: %d images -> %s (%.1fs)", method, len(written), job.xai / method, time.perf_counter() - t0)
     return written, gallery_maps, entry, curves
 

@@ -26,7 +26,7 @@ import pandas as pd
 
 from xai_lab.config import ExperimentConfig, ExplainConfig
 from xai_lab.data.dataset import Dataset, load_dataset
-from xai_lab.explain.run import METRIC_KEYS
+from xai_lab.explain.scoring import METRIC_KEYS
 
 log = logging.getLogger(__name__)
 

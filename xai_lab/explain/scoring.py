@@ -1,0 +1,193 @@
+"""Scoring explanations: the metrics of one method's maps beside two baselines, and the verdicts.
+
+Each method is scored on the same images (:class:`Scoring`) against random maps and against the same
+method on the fully randomized model; :func:`randomized_model_verdict` and
+:func:`randomization_verdict` turn the numbers into sentences; :func:`metrics_markdown` and
+:func:`explanation_summary` write them out.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from xai_lab.config import ExplainConfig
+from xai_lab.explain import metrics as M
+from xai_lab.explain.explainers import LAYER_METHODS, explain_batched
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = ("deletion_auc", "insertion_auc", "randomization_spearman", "pointing_game", "mask_iou")
+
+
+class Explainer:
+    """One method bound to its parameters and layer (looked up by name, so it follows model copies)."""
+
+    def __init__(self, method: str, params: dict, layer_name: str, batch_size: int):
+        self.method, self.params, self.layer_name, self.batch_size = method, params, layer_name, batch_size
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        kw = dict(self.params)
+        if self.method in LAYER_METHODS:
+            kw["layer"] = model.get_submodule(self.layer_name)
+        return explain_batched(self.method, model, x, target, self.batch_size, **kw)
+
+
+def map_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+               masks: torch.Tensor | None, mc, batch_size: int) -> tuple[dict, dict]:
+    """Faithfulness to ``model`` (deletion, insertion) and, with masks, localisation (pointing game,
+    mask IoU) of ``maps``, the explanations of ``x`` for ``target``: (means, mean curves)."""
+    di = M.deletion_insertion(model, x, target, maps, mc.steps, batch_size, mc.seed)
+    out = {
+        "deletion_auc": float(di["deletion_auc"].mean()),
+        "insertion_auc": float(di["insertion_auc"].mean()),
+    }
+    if masks is not None:
+        out["pointing_game"] = float(M.pointing_game(maps, masks, mc.pointing_tolerance, mc.seed).mean())
+        out["mask_iou"] = float(M.mask_iou(maps, masks, mc.seed).mean())
+    return out, {"deletion": di["deletion"].mean(0).tolist(), "insertion": di["insertion"].mean(0).tolist()}
+
+
+def score_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+               masks: torch.Tensor | None, explain, mc, batch_size: int) -> tuple[dict, dict]:
+    """Every metric of ``maps`` (:func:`map_scores` and the randomization test): (means, curves).
+
+    ``explain(model, x, target)`` recomputes maps on a randomized model; ``explain=None`` scores
+    random maps against random maps (the randomization reference).
+    """
+    out, curves = map_scores(model, x, target, maps, masks, mc, batch_size)
+    n_r = min(mc.randomization_images, len(x))
+    if explain is None:
+        other = M.random_maps(n_r, *maps.shape[-2:], seed=mc.seed + 1, device=maps.device)
+        rand = {"all layers": M.spearman(maps[:n_r].abs(), other)}
+    else:
+        rand = M.randomization_test(lambda m: explain(m, x[:n_r], target[:n_r]), model, maps[:n_r], mc.seed)
+    out["randomization_spearman"] = float(list(rand.values())[-1].mean())
+    curves["randomization"] = {name: float(rho.mean()) for name, rho in rand.items()}
+    return out, curves
+
+
+def randomized_model_verdict(entry: dict, margin: float) -> tuple[bool, str]:
+    """Whether the method's maps are the trained model's doing, judged against the same method on the
+    fully randomized model: (passed, one sentence).
+
+    With masks: the pointing game beats the randomized model's by ``margin`` and insertion AUC beats
+    both baselines. Without masks: insertion AUC beats both baselines.
+    """
+    rnd, rmod = entry["random_baseline"], entry["randomized_model_baseline"]
+    ins, ins_rnd, ins_rmod = entry["insertion_auc"], rnd["insertion_auc"], rmod["insertion_auc"]
+    insertion_ok = ins > max(ins_rnd, ins_rmod)
+    insertion = f"insertion AUC {ins:.2f} against {ins_rnd:.2f} (random maps) and {ins_rmod:.2f} (randomized model)"
+    if "pointing_game" not in entry:
+        if insertion_ok:
+            return True, f"is faithful to the trained model beyond both baselines ({insertion})"
+        return False, f"is no more faithful than a baseline ({insertion})"
+    pg, pg_rmod = entry["pointing_game"], rmod["pointing_game"]
+    pointing = f"pointing game {pg:.2f} against {pg_rmod:.2f} on the randomized model"
+    if pg >= pg_rmod + margin and insertion_ok:
+        return True, f"points at the expression parts because of what the model learned ({pointing}; {insertion})"
+    if pg < pg_rmod + margin:
+        return False, (f"points at the masks nearly as well (or better) with nothing learned ({pointing}, "
+                       f"a margin under {margin:.2f}): the image, not the model, explains its localisation")
+    return False, f"localises, but its pixel order is no more faithful than a baseline's ({insertion})"
+
+
+def randomization_verdict(rho: float, threshold: float) -> str:
+    if rho >= threshold:
+        return (f"FAILS the randomization test: its maps barely change when the model's weights are randomized "
+                f"(Spearman {rho:.2f} >= {threshold:.2f}); they show the image more than what the model learned")
+    return f"passes the randomization test (Spearman {rho:.2f} < {threshold:.2f} once every layer is randomized)"
+
+
+def metrics_markdown(entries: dict) -> str:
+    """``xai/metrics.md``: every method's metrics beside both baselines, and the verdicts."""
+    keys = [k for k in METRIC_KEYS if any(k in e for e in entries.values())]
+    arrows = {"deletion_auc": "lower is better", "insertion_auc": "higher is better",
+              "randomization_spearman": "lower is better", "pointing_game": "higher is better",
+              "mask_iou": "higher is better"}
+    lines = ["# Explanation metrics", "",
+             "Each cell: the method's value, then in brackets the same metric for random maps and for the "
+             "same method on the fully randomized model (the maps scored against the trained model).", "",
+             "| method | " + " | ".join(f"{k} ({arrows[k]})" for k in keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    for method, e in entries.items():
+        cells = []
+        for k in keys:
+            if k not in e:
+                cells.append("")
+                continue
+            rmod = e.get("randomized_model_baseline", {}).get(k)
+            cells.append(f"{e[k]:.3f} ({e['random_baseline'][k]:.3f}" + (f" / {rmod:.3f})" if rmod is not None
+                                                                          else ")"))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for method, e in entries.items():
+        lines.append(f"- **{method}** {e['randomization_verdict']}.")
+        if "randomized_model_verdict" in e:
+            lines.append(f"- **{method}** {e['randomized_model_verdict']}.")
+    first = next(iter(entries.values()))
+    lines += ["", f"Split `{first['split']}`, {first['n_images']} images ({first['n_randomization_images']} in the "
+              f"randomization cascade), explained for the predicted class. Target layer of the Grad-CAM family: "
+              f"`{first['target_layer']}` (grid {first['cam_grid'][0]}x{first['cam_grid'][1]}).", ""]
+    return "\n".join(lines)
+
+
+def explanation_summary(entries: dict) -> dict:
+    """The ``explanations`` block of ``test_summary.json``: the headline numbers of every method."""
+    first = next(iter(entries.values()))
+    return {
+        "split": first["split"],
+        "n_images": first["n_images"],
+        "target_layer": first["target_layer"],
+        "cam_grid": first["cam_grid"],
+        "methods": {m: {**{k: e[k] for k in METRIC_KEYS if k in e}, "randomization_passed": e["randomization_passed"],
+                        "randomized_model_baseline": e.get("randomized_model_baseline", {}),
+                        "beats_randomized_model": e.get("beats_randomized_model")}
+                    for m, e in entries.items()},
+        "random_baseline": {k: v for k, v in first["random_baseline"].items()},
+    }
+
+
+class Scoring:
+    """The metrics of each method on one set of scored images, beside the two baselines (made once)."""
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, preds: np.ndarray, masks: np.ndarray | None,
+                 scored: np.ndarray, ec: ExplainConfig):
+        dev = images.device
+        self.model, self.mc, self.batch_size, self.n = model, ec.metrics, ec.batch_size, len(scored)
+        self.x = images[torch.as_tensor(scored, device=dev)].float().div_(255)
+        self.t = torch.as_tensor(preds[scored], device=dev)
+        self.masks = None if masks is None else torch.as_tensor(np.ascontiguousarray(masks[scored]), device=dev)
+        self.random_baseline: dict | None = None
+        self.random_curves: dict | None = None
+        self.randomized: nn.Module | None = None
+
+    def score(self, explainer: Explainer, maps: torch.Tensor) -> tuple[dict, dict]:
+        """One method's ``maps`` of the scored images: its metrics with the randomization test and both
+        baselines, and its curves."""
+        mc, model, bs = self.mc, self.model, self.batch_size
+        entry, curves = score_maps(model, self.x, self.t, maps, self.masks, explainer, mc, bs)
+        if self.randomized is None:
+            rmaps = M.random_maps(self.n, *maps.shape[-2:], seed=mc.seed, device=maps.device)
+            self.random_baseline, self.random_curves = score_maps(model, self.x, self.t, rmaps, self.masks, None, mc,
+                                                                  bs)
+            self.randomized = M.randomized_copy(model, mc.seed)
+        randomized_maps = explainer(self.randomized, self.x, self.t)
+        randomized_baseline, _ = map_scores(model, self.x, self.t, randomized_maps, self.masks, mc, bs)
+        rho = entry["randomization_spearman"]
+        entry.update(randomization_passed=bool(rho < mc.randomization_threshold),
+                     randomization_verdict=randomization_verdict(rho, mc.randomization_threshold),
+                     randomization_curve=curves["randomization"], random_baseline=dict(self.random_baseline),
+                     randomized_model_baseline=randomized_baseline)
+        return entry, curves
+
+
+def log_entry(method: str, entry: dict) -> None:
+    pointing = f" pointing {entry['pointing_game']:.3f} IoU {entry['mask_iou']:.3f}" if "pointing_game" in entry else ""
+    log.info("%s: deletion %.3f insertion %.3f randomization rho %.3f%s", method, entry["deletion_auc"],
+             entry["insertion_auc"], entry["randomization_spearman"], pointing)
+    if not entry["randomization_passed"]:
+        log.warning("%s %s", method, entry["randomization_verdict"])

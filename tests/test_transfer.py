@@ -63,7 +63,8 @@ def _cell(classes, n, acc):
 def test_table_joins_each_cross_cell_to_its_in_domain_reference_and_the_sentence_states_the_gap():
     scores = {
         ("a", "a"): [_cell(None, 100, 0.9)],
-        ("b", "b"): [_cell(None, 50, 0.8) | {"scored": ["happiness", "anger", "fear"]},
+        ("b", "b"): [_cell(None, 50, 0.8) | {"scored": ["happiness", "anger", "fear"],
+                                             "per_class_f1": {"happiness": 0.9, "anger": 0.7, "fear": 0.8}},
                      _cell(("happiness", "anger"), 40, 0.86)],
         ("a", "b"): [_cell(None, 40, 0.5)],
         ("b", "a"): [_cell(None, 100, 0.6)],
@@ -80,6 +81,10 @@ def test_table_joins_each_cross_cell_to_its_in_domain_reference_and_the_sentence
     notes = dict(zip(zip(table.trained_on, table.tested_on, strict=True), table.note, strict=True))
     assert notes[("a", "c")] == "no shared class" and notes[("b", "c")] == "failed: OSError: boom"
     assert table.loc[table.note != "", "n"].eq(0).all()
+    # per-class F1 columns for the classes scored; empty where a cell did not score the class
+    assert list(table.columns[-3:]) == ["f1:happiness", "f1:anger", "f1:fear"]
+    bb = table[(table.trained_on == "b") & (table.tested_on == "b")].iloc[0]
+    assert bb["f1:anger"] == pytest.approx(0.7) and pd.isna(ab["f1:anger"])
     sentence = transfer_sentence(table)
     assert sentence.startswith("In-domain test accuracy averages 0.90; across datasets 0.55 over the classes each")
     assert "0.33 below the target dataset's own model on the same faces and classes (0.88)" in sentence
@@ -135,6 +140,9 @@ def test_compare_writes_reports_transfer_matrix_and_page(runs, capsys):
     ck_fer = cell[("ck8", "fer2013s")]
     assert ck_fer.classes.split() == ["happiness", "surprise", "sadness", "anger", "disgust", "fear"]
     assert ck_fer.n > 0 and 0 <= float(ck_fer.accuracy) <= 1 and ck_fer.in_domain_accuracy != ""
+    # each shared class's F1 in its own column; CK+'s model scores no neutral on FER2013's faces
+    f1 = table.set_index(["trained_on", "tested_on"]).loc[("ck8", "fer2013s")]
+    assert all(0 <= float(f1[f"f1:{c}"]) <= 1 for c in ck_fer.classes.split()) and f1["f1:neutral"] == ""
     fer_own = json.loads(next((out / "reports" / "fer2013s").glob("*/test_summary.json")).read_text())
     assert cell[("fer2013s", "fer2013s")].n == fer_own["n"]  # the diagonal is the whole test split
     assert float(cell[("fer2013s", "fer2013s")].accuracy) == pytest.approx(fer_own["accuracy"])

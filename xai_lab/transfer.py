@@ -31,6 +31,7 @@ from xai_lab.data.emotions import common_classes
 from xai_lab.evaluate import LoadedRun, score_on_shared_classes, shared_split, split_logits
 
 # transfer.csv's columns, in order; classes are space-separated class keys (xai_lab.data.emotions.class_key).
+# After them, one ``f1:<class>`` column per class scored anywhere (first seen first): which emotions transfer.
 COLUMNS = ("trained_on", "tested_on", "in_domain", "classes", "n_classes", "n", "accuracy", "macro_f1",
            "accuracy_all_outputs", "n_left_out", "in_domain_accuracy", "in_domain_macro_f1", "gap", "note")
 
@@ -133,7 +134,8 @@ def transfer_table(names: list[str], scores: dict[tuple[str, str], list[dict]],
                 continue
             row.update(classes=" ".join(cell["scored"]), n_classes=len(cell["scored"]), n=cell["n"],
                        accuracy=cell["accuracy"], macro_f1=cell["macro_f1"],
-                       accuracy_all_outputs=cell["accuracy_all_outputs"], n_left_out=cell["n_left_out"], note="")
+                       accuracy_all_outputs=cell["accuracy_all_outputs"], n_left_out=cell["n_left_out"], note="",
+                       **{f"f1:{c}": f for c, f in cell["per_class_f1"].items()})
             full = first((data, data), None)
             if model != data and full is not None:  # the reference: data's own model, same faces and classes
                 same = cell["scored"] == full["scored"]  # the pair shares every class of the test split
@@ -142,7 +144,8 @@ def transfer_table(names: list[str], scores: dict[tuple[str, str], list[dict]],
                     row.update(in_domain_accuracy=ref["accuracy"], in_domain_macro_f1=ref["macro_f1"],
                                gap=ref["accuracy"] - cell["accuracy"])
             rows.append(row)
-    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    per_class = list(dict.fromkeys(k for row in rows for k in row if k.startswith("f1:")))
+    table = pd.DataFrame(rows, columns=[*COLUMNS, *per_class])
     return table.astype({"n_classes": int, "n": int, "n_left_out": "Int64"})
 
 

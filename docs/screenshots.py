@@ -130,15 +130,37 @@ def tensorboard_hparams(sweep: Path) -> None:
         tb.terminate()
 
 
+# Keeps, of the report's <main>, the section that starts at one <h2 id> (up to the next <h2>): a screenshot
+# of "index.html#id" in headless Chromium is taken before the scroll to the fragment settles.
+ONE_SECTION = """<script>addEventListener("DOMContentLoaded", () => {
+  const start = document.getElementById("%s");
+  let keep = false;
+  for (const el of [...start.parentElement.children]) {
+    if (el.tagName === "H2") keep = el === start;
+    if (!keep) el.remove();
+  }
+});</script>
+"""
+
+
+def section_screenshot(index: Path, section: str, out: Path, size: str) -> None:
+    """A screenshot of one section of a report (``index.html``), the page's header above it."""
+    page = index.with_name(f".screenshot-{section}.html")  # beside index.html: its figures resolve
+    page.write_text(index.read_text().replace("</body>", ONE_SECTION % section + "</body>"))
+    try:
+        screenshot(page.as_uri(), out, size=size, wait_ms=3000)
+    finally:
+        page.unlink()
+
+
 def comparison_figures(folder: Path) -> None:
     """docs/comparison.md's figures: the report's comparison and transfer sections (screenshots), and the
     comparison's own PNGs (transfer matrix, per-class F1, class means per method) copied beside them."""
     index = (folder / "index.html").resolve()
     if not index.is_file():
         sys.exit(f"{folder} holds no index.html: pass the folder xai-lab compare wrote")
-    screenshot(f"{index.as_uri()}#comparison", FIGURES / "comparison_report.png", size="1500,1500", wait_ms=3000)
-    screenshot(f"{index.as_uri()}#transfer", FIGURES / "comparison_report_transfer.png", size="1500,1100",
-               wait_ms=3000)
+    section_screenshot(index, "comparison", FIGURES / "comparison_report.png", size="1500,1500")
+    section_screenshot(index, "transfer", FIGURES / "comparison_report_transfer.png", size="1500,1100")
     names = {"transfer.png": "comparison_transfer.png", "comparison.png": "comparison_f1.png"}
     for png in [folder / "transfer.png", *sorted(folder.glob("comparison*.png"))]:
         out = FIGURES / names.get(png.name, png.name)  # comparison_<method>.png keep their names

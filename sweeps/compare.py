@@ -237,7 +237,8 @@ def compare_runs(runs: list[str], out: str | Path | None = None, *, methods: lis
     stage.mkdir(parents=True)
     try:
         _compare_into(stage, compared, methods, num_each, SMOKE_EVAL_IMAGES if smoke else None)
-        atomic_write_json(stage / "compare.json", {"runs": {c.name: str(c.run.run_dir) for c in compared},
+        atomic_write_json(stage / "compare.json", {"name": out.name,
+                                                   "runs": {c.name: str(c.run.run_dir) for c in compared},
                                                    "methods": methods, "smoke": smoke})
         write_comparison(stage)
         from sweeps.report import build_report

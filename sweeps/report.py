@@ -198,7 +198,7 @@ def page(dest: Path, board: pd.DataFrame, chosen: pd.DataFrame) -> dict:
         })
     return {
         "kind": "sweep" if sweep_cfg or not (dest / "compare.json").is_file() else "comparison",
-        "name": sweep_cfg.get("name") or dest.name,
+        "name": sweep_cfg.get("name") or _compare_name(dest) or dest.name,
         "metric": (sweep_cfg.get("search") or {}).get("metric", "val_macro_f1"),
         "n_trials": len(board),
         "dataset_names": ", ".join(datasets),
@@ -243,6 +243,12 @@ def headline(dest: Path, chosen: pd.DataFrame) -> str:
     info = dest / "transfer.json"
     sentence = json.loads(info.read_text()).get("sentence") if info.is_file() else None
     return f"{text} {sentence}" if sentence else text
+
+
+def _compare_name(dest: Path) -> str | None:
+    """The name ``xai-lab compare`` gave its folder (it builds the report in a staging folder first)."""
+    info = dest / "compare.json"
+    return json.loads(info.read_text()).get("name") if info.is_file() else None
 
 
 def _best_sentence(dest: Path, chosen: pd.DataFrame) -> str:

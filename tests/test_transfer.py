@@ -152,7 +152,7 @@ def test_compare_writes_reports_transfer_matrix_and_page(runs, capsys):
     assert (out / "transfer.png").stat().st_size > 5000
     page = Elements((out / "index.html").read_text())
     assert page.having(id="transfer") and page.having("img", src="transfer.png")
-    assert "Comparison" in page.text and "In-domain test accuracy averages" in page.text
+    assert "Comparison cmp" in page.text and "In-domain test accuracy averages" in page.text  # --out's name
     assert page.having(data_section="comparison-explanations")
     # never over an earlier result
     assert main(args) == 2 and "already exists and is not empty" in capsys.readouterr().err

@@ -285,20 +285,69 @@ def test_randomized_copy_is_the_cascade_s_last_stage_and_leaves_the_model_alone(
     assert not torch.equal(randomized.backbone.conv1.weight, model.backbone.conv1.weight)
 
 
-def _entry(pg, pg_rmod, ins=0.8, ins_rnd=0.5, ins_rmod=0.6):
-    return {"pointing_game": pg, "insertion_auc": ins, "random_baseline": {"insertion_auc": ins_rnd},
-            "randomized_model_baseline": {"pointing_game": pg_rmod, "insertion_auc": ins_rmod}}
+def _entry(pg_lead, ins_rnd=(0.3, 0.2, 0.4), ins_rmod=(0.2, 0.1, 0.3), output_range=0.6):
+    """A metrics entry with the paired intervals (diff, low, high) a verdict reads; pg_lead None: no masks."""
+    entry = {"insertion_auc": 0.8, "deletion_auc": 0.2, "n_images": 32, "output_range": output_range,
+             "randomized_model_baseline": {"pointing_game": 0.3},
+             "intervals": {"insertion_auc": {"random_maps": list(ins_rnd), "randomized_model": list(ins_rmod)}}}
+    if pg_lead is not None:
+        entry["pointing_game"] = 0.3 + pg_lead[0]
+        entry["intervals"]["pointing_game"] = {"randomized_model": list(pg_lead)}
+    return entry
 
 
-def test_a_method_must_beat_the_randomized_model_to_be_the_model_s_doing():
+def test_a_method_must_beat_the_randomized_model_to_be_the_model_s_doing_and_the_interval_decides():
     from xai_lab.explain.scoring import randomized_model_verdict
 
-    passed, text = randomized_model_verdict(_entry(0.9, 0.3), margin=0.25)
-    assert passed and "because of what the model learned" in text and "0.90 against 0.30" in text
+    outcome, text = randomized_model_verdict(_entry((0.6, 0.45, 0.75)), margin=0.25)
+    assert outcome == "beats" and "because of what the model learned" in text and "0.90 against 0.30" in text
+    assert "lead +0.60 [+0.45, +0.75]" in text and "+0.30 [+0.20, +0.40] over random maps" in text
+    assert "paired 95% bootstrap intervals over 32 images" in text
     # localises as well with nothing learned: the image, not the model (the saliency case on synthfaces)
-    passed, text = randomized_model_verdict(_entry(0.94, 0.85), margin=0.25)
-    assert not passed and "the image, not the model" in text
-    passed, text = randomized_model_verdict(_entry(0.9, 0.3, ins=0.55), margin=0.25)  # below the randomized model
-    assert not passed and "no more faithful" in text
-    no_masks = {k: v for k, v in _entry(0.9, 0.3).items() if k != "pointing_game"}
-    assert randomized_model_verdict(no_masks, margin=0.25)[0]
+    outcome, text = randomized_model_verdict(_entry((0.09, -0.02, 0.2)), margin=0.25)
+    assert outcome == "fails" and "the image, not the model" in text
+    # a lead of 0.3 whose interval reaches below the margin: not enough faces to say
+    outcome, text = randomized_model_verdict(_entry((0.3, 0.1, 0.5)), margin=0.25)
+    assert outcome == "cannot tell" and "cannot be told apart from the randomized model" in text
+    outcome, text = randomized_model_verdict(_entry((0.6, 0.45, 0.75), ins_rmod=(-0.2, -0.3, -0.1)), margin=0.25)
+    assert outcome == "fails" and "no more faithful" in text
+    # no masks: insertion alone, and an interval across zero is no verdict either way
+    assert randomized_model_verdict(_entry(None), margin=0.25)[0] == "beats"
+    outcome, text = randomized_model_verdict(_entry(None, ins_rnd=(0.03, -0.01, 0.07)), margin=0.25)
+    assert outcome == "cannot tell" and "+0.03 [-0.01, +0.07] over random maps" in text
+    # an output that does not move as pixels go: both AUCs equal whatever the order, so nothing is judged
+    outcome, text = randomized_model_verdict(_entry(None, output_range=0.004), margin=0.25)
+    assert outcome == "cannot tell" and "barely moves" in text
+
+
+def test_paired_interval_is_the_bootstrap_of_the_per_image_differences():
+    from xai_lab.explain.scoring import decide, paired_interval
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.7, 0.1, 64)
+    diff, low, high = paired_interval(a, a - 0.2 + rng.normal(0, 0.05, 64))
+    assert low < diff < high and low > 0.15 and high < 0.25 and decide([diff, low, high]) == "beats"
+    assert paired_interval(a, a - 0.1) == pytest.approx([0.1] * 3)  # the same lead on every face: no spread
+    assert decide(paired_interval(a, a)) == "cannot tell"  # identical maps score identically
+    assert np.isnan(paired_interval(a[:1], a[:1] - 1)[1]) and decide(paired_interval(a[:1], a[:1] - 1)) == "cannot tell"
+    assert decide([-0.2, -0.3, -0.1]) == "fails" and decide([0.3, 0.27, 0.4], margin=0.25) == "beats"
+
+
+def test_a_model_whose_output_never_moves_gets_no_verdict():
+    """The case of a barely trained model: the same probability whatever is removed, both AUCs at 1.00."""
+    from xai_lab.explain.scoring import Explainer, Scoring, randomized_model_verdict
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="resnet8", input_size=32), 3).eval()
+    with torch.no_grad():  # a head that answers class 0 with certainty, whatever the pixels
+        model.backbone.fc.weight.zero_()
+        model.backbone.fc.bias.copy_(torch.tensor([20.0, 0.0, 0.0]))
+    images = torch.randint(0, 256, (12, 1, 32, 32), dtype=torch.uint8)
+    ec = ExplainConfig()
+    scoring = Scoring(model, images, np.zeros(12, np.int64), None, np.arange(12), ec)
+    maps = torch.rand(12, 32, 32)
+    entry, _ = scoring.score(Explainer("saliency", {}, "", 16), maps)
+    entry["n_images"] = 12
+    assert entry["insertion_auc"] == pytest.approx(1.0) and entry["output_range"] < 1e-3
+    outcome, text = randomized_model_verdict(entry, ec.metrics.randomized_margin)
+    assert outcome == "cannot tell" and "barely moves" in text

@@ -295,8 +295,9 @@ def _explain_method(job: _Job, method: str) -> tuple[list[Path], dict[str, np.nd
                      target="predicted class", target_layer=job.layer_name, uses_layer=method in LAYER_METHODS,
                      cam_grid=job.grid, params=params, seconds_maps=round(seconds_maps, 3),
                      seconds_total=round(time.perf_counter() - t0, 3))
-        passed, verdict = randomized_model_verdict(entry, mc.randomized_margin)
-        entry.update(beats_randomized_model=passed, randomized_model_verdict=verdict)
+        outcome, verdict = randomized_model_verdict(entry, mc.randomized_margin)
+        entry.update(beats_randomized_model=outcome == "beats", randomized_model_outcome=outcome,
+                     randomized_model_verdict=verdict)
         log_entry(method, entry)
     log.info("%s: %d images -> %s (%.1fs)", method, len(written), job.xai / method, time.perf_counter() - t0)
     return written, gallery_maps, entry, curves

@@ -37,28 +37,34 @@ class Explainer:
 
 
 def map_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
-               masks: torch.Tensor | None, mc, batch_size: int) -> tuple[dict, dict]:
+               masks: torch.Tensor | None, mc, batch_size: int) -> tuple[dict, dict, dict]:
     """Faithfulness to ``model`` (deletion, insertion) and, with masks, localisation (pointing game,
-    mask IoU) of ``maps``, the explanations of ``x`` for ``target``: (means, mean curves)."""
+    mask IoU) of ``maps``, the explanations of ``x`` for ``target``: (means, mean curves, per-image
+    values as numpy arrays, for the paired intervals of :func:`paired_interval`).
+
+    The per-image values also hold ``output_range``: how far the model's probability of the target
+    moves along each image's deletion and insertion curves (the larger of the two ranges).
+    """
     di = M.deletion_insertion(model, x, target, maps, mc.steps, batch_size, mc.seed)
-    out = {
-        "deletion_auc": float(di["deletion_auc"].mean()),
-        "insertion_auc": float(di["insertion_auc"].mean()),
-    }
+    per_image = {"deletion_auc": di["deletion_auc"], "insertion_auc": di["insertion_auc"]}
     if masks is not None:
-        out["pointing_game"] = float(M.pointing_game(maps, masks, mc.pointing_tolerance, mc.seed).mean())
-        out["mask_iou"] = float(M.mask_iou(maps, masks, mc.seed).mean())
-    return out, {"deletion": di["deletion"].mean(0).tolist(), "insertion": di["insertion"].mean(0).tolist()}
+        per_image["pointing_game"] = M.pointing_game(maps, masks, mc.pointing_tolerance, mc.seed)
+        per_image["mask_iou"] = M.mask_iou(maps, masks, mc.seed)
+    spans = [c.amax(1) - c.amin(1) for c in (di["deletion"], di["insertion"])]
+    per_image["output_range"] = torch.maximum(*spans)
+    per_image = {k: v.float().cpu().numpy() for k, v in per_image.items()}
+    out = {k: float(v.mean()) for k, v in per_image.items() if k != "output_range"}
+    return out, {"deletion": di["deletion"].mean(0).tolist(), "insertion": di["insertion"].mean(0).tolist()}, per_image
 
 
 def score_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
-               masks: torch.Tensor | None, explain, mc, batch_size: int) -> tuple[dict, dict]:
-    """Every metric of ``maps`` (:func:`map_scores` and the randomization test): (means, curves).
+               masks: torch.Tensor | None, explain, mc, batch_size: int) -> tuple[dict, dict, dict]:
+    """Every metric of ``maps`` (:func:`map_scores` and the randomization test): (means, curves, per image).
 
     ``explain(model, x, target)`` recomputes maps on a randomized model; ``explain=None`` scores
     random maps against random maps (the randomization reference).
     """
-    out, curves = map_scores(model, x, target, maps, masks, mc, batch_size)
+    out, curves, per_image = map_scores(model, x, target, maps, masks, mc, batch_size)
     n_r = min(mc.randomization_images, len(x))
     if explain is None:
         other = M.random_maps(n_r, *maps.shape[-2:], seed=mc.seed + 1, device=maps.device)
@@ -67,32 +73,103 @@ def score_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: to
         rand = M.randomization_test(lambda m: explain(m, x[:n_r], target[:n_r]), model, maps[:n_r], mc.seed)
     out["randomization_spearman"] = float(list(rand.values())[-1].mean())
     curves["randomization"] = {name: float(rho.mean()) for name, rho in rand.items()}
-    return out, curves
+    return out, curves, per_image
 
 
-def randomized_model_verdict(entry: dict, margin: float) -> tuple[bool, str]:
-    """Whether the method's maps are the trained model's doing, judged against the same method on the
-    fully randomized model: (passed, one sentence).
+# --- verdicts that know their noise ---------------------------------------------------------------
 
-    With masks: the pointing game beats the randomized model's by ``margin`` and insertion AUC beats
-    both baselines. Without masks: insertion AUC beats both baselines.
+LEVEL = 0.95  # the paired bootstrap intervals' coverage
+RESAMPLES = 2000
+STILL_OUTPUT = 0.05  # a model whose target probability moves less than this along the curves: no verdict
+
+
+def paired_interval(a: np.ndarray, b: np.ndarray, seed: int = 0) -> list[float]:
+    """``[mean(a - b), low, high]``: the mean paired difference over the same images and its 95% percentile
+    bootstrap interval (``scipy.stats.bootstrap`` over the per-image differences, 2000 resamples, seeded).
+    With fewer than two images the interval is NaN (nothing can be told)."""
+    from scipy.stats import bootstrap
+
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    if len(d) < 2:
+        return [float(d.mean()) if len(d) else float("nan"), float("nan"), float("nan")]
+    if np.ptp(d) == 0:  # every image differs by the same amount: the interval is that amount
+        return [float(d[0])] * 3
+    ci = bootstrap((d,), np.mean, n_resamples=RESAMPLES, confidence_level=LEVEL, method="percentile",
+                   rng=np.random.default_rng(seed)).confidence_interval
+    return [float(d.mean()), float(ci.low), float(ci.high)]
+
+
+def decide(interval: list[float], margin: float = 0.0) -> str:
+    """``beats`` when the whole interval lies above ``margin``, ``fails`` when it lies below, else ``cannot tell``."""
+    _, low, high = interval
+    if low > margin:
+        return "beats"
+    if high < margin:
+        return "fails"
+    return "cannot tell"
+
+
+def comparison_intervals(per_image: dict, random_maps: dict, randomized_model: dict, seed: int) -> dict:
+    """The paired intervals a verdict reads: insertion AUC against both baselines and, with masks, the
+    pointing game against the randomized model: ``{metric: {baseline: [diff, low, high]}}``."""
+    out = {"insertion_auc": {
+        "random_maps": paired_interval(per_image["insertion_auc"], random_maps["insertion_auc"], seed),
+        "randomized_model": paired_interval(per_image["insertion_auc"], randomized_model["insertion_auc"], seed),
+    }}
+    if "pointing_game" in per_image:
+        out["pointing_game"] = {"randomized_model": paired_interval(per_image["pointing_game"],
+                                                                    randomized_model["pointing_game"], seed)}
+    return out
+
+
+def _signed(interval: list[float]) -> str:
+    d, lo, hi = interval
+    return f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def randomized_model_verdict(entry: dict, margin: float) -> tuple[str, str]:
+    """Whether the method's maps are the trained model's doing, judged against random maps and the same
+    method on the fully randomized model over the same images: (``beats``, ``fails`` or ``cannot tell``;
+    one sentence with the paired 95% intervals).
+
+    Insertion AUC must beat both baselines (each paired interval above 0); with masks the pointing game
+    must also lead the randomized model's by more than ``margin`` (its interval above ``margin``). An
+    interval that spans the threshold is ``cannot tell``, and so is a model whose output does not move as
+    pixels are removed (``output_range`` under :data:`STILL_OUTPUT`: both AUCs then sit at the same value).
     """
-    rnd, rmod = entry["random_baseline"], entry["randomized_model_baseline"]
-    ins, ins_rnd, ins_rmod = entry["insertion_auc"], rnd["insertion_auc"], rmod["insertion_auc"]
-    insertion_ok = ins > max(ins_rnd, ins_rmod)
-    insertion = f"insertion AUC {ins:.2f} against {ins_rnd:.2f} (random maps) and {ins_rmod:.2f} (randomized model)"
-    if "pointing_game" not in entry:
-        if insertion_ok:
-            return True, f"is faithful to the trained model beyond both baselines ({insertion})"
-        return False, f"is no more faithful than a baseline ({insertion})"
-    pg, pg_rmod = entry["pointing_game"], rmod["pointing_game"]
-    pointing = f"pointing game {pg:.2f} against {pg_rmod:.2f} on the randomized model"
-    if pg >= pg_rmod + margin and insertion_ok:
-        return True, f"points at the expression parts because of what the model learned ({pointing}; {insertion})"
-    if pg < pg_rmod + margin:
-        return False, (f"points at the masks nearly as well (or better) with nothing learned ({pointing}, "
-                       f"a margin under {margin:.2f}): the image, not the model, explains its localisation")
-    return False, f"localises, but its pixel order is no more faithful than a baseline's ({insertion})"
+    iv = entry["intervals"]
+    ins, n = entry["insertion_auc"], entry["n_images"]
+    how = f"paired 95% bootstrap intervals over {n} images"
+    insertion = (f"insertion AUC {ins:.2f}: {_signed(iv['insertion_auc']['random_maps'])} over random maps, "
+                 f"{_signed(iv['insertion_auc']['randomized_model'])} over the randomized model")
+    if entry["output_range"] < STILL_OUTPUT:
+        return "cannot tell", (f"cannot be judged: the model's output barely moves as pixels are removed (its "
+                               f"target probability moves {entry['output_range']:.3f} along the curves; deletion AUC "
+                               f"{entry['deletion_auc']:.2f}, insertion AUC {ins:.2f})")
+    outcomes = [decide(i) for i in iv["insertion_auc"].values()]
+    insertion_outcome = ("beats" if all(o == "beats" for o in outcomes)
+                         else "fails" if "fails" in outcomes else "cannot tell")
+    if "pointing_game" not in iv:
+        if insertion_outcome == "beats":
+            return "beats", f"is faithful to the trained model beyond both baselines ({insertion}; {how})"
+        if insertion_outcome == "fails":
+            return "fails", f"is no more faithful than a baseline ({insertion}; {how})"
+        return "cannot tell", f"cannot be told apart from a baseline on these images ({insertion}; {how})"
+    pg_iv = iv["pointing_game"]["randomized_model"]
+    pg_rmod = entry["randomized_model_baseline"]["pointing_game"]
+    pointing = (f"pointing game {entry['pointing_game']:.2f} against {pg_rmod:.2f} on the randomized model, "
+                f"lead {_signed(pg_iv)}")
+    pointing_outcome = decide(pg_iv, margin)
+    if pointing_outcome == "fails":
+        return "fails", (f"points at the masks nearly as well (or better) with nothing learned ({pointing}, below "
+                         f"a margin of {margin:.2f}; {how}): the image, not the model, explains its localisation")
+    if pointing_outcome == "beats" and insertion_outcome == "beats":
+        return "beats", (f"points at the expression parts because of what the model learned ({pointing}; "
+                         f"{insertion}; {how})")
+    if pointing_outcome == "beats" and insertion_outcome == "fails":
+        return "fails", f"localises, but its pixel order is no more faithful than a baseline's ({insertion}; {how})"
+    return "cannot tell", (f"cannot be told apart from the randomized model on these images (margin "
+                           f"{margin:.2f}; {pointing}; {insertion}; {how})")
 
 
 def randomization_verdict(rho: float, threshold: float) -> str:
@@ -163,25 +240,29 @@ class Scoring:
         self.masks = None if masks is None else torch.as_tensor(np.ascontiguousarray(masks[scored]), device=dev)
         self.random_baseline: dict | None = None
         self.random_curves: dict | None = None
+        self.random_per_image: dict | None = None
         self.randomized: nn.Module | None = None
 
     def score(self, explainer: Explainer, maps: torch.Tensor) -> tuple[dict, dict]:
         """One method's ``maps`` of the scored images: its metrics with the randomization test and both
         baselines, and its curves."""
         mc, model, bs = self.mc, self.model, self.batch_size
-        entry, curves = score_maps(model, self.x, self.t, maps, self.masks, explainer, mc, bs)
+        entry, curves, per_image = score_maps(model, self.x, self.t, maps, self.masks, explainer, mc, bs)
         if self.randomized is None:
             rmaps = M.random_maps(self.n, *maps.shape[-2:], seed=mc.seed, device=maps.device)
-            self.random_baseline, self.random_curves = score_maps(model, self.x, self.t, rmaps, self.masks, None, mc,
-                                                                  bs)
+            self.random_baseline, self.random_curves, self.random_per_image = score_maps(
+                model, self.x, self.t, rmaps, self.masks, None, mc, bs)
             self.randomized = M.randomized_copy(model, mc.seed)
         randomized_maps = explainer(self.randomized, self.x, self.t)
-        randomized_baseline, _ = map_scores(model, self.x, self.t, randomized_maps, self.masks, mc, bs)
+        randomized_baseline, _, randomized_per_image = map_scores(model, self.x, self.t, randomized_maps, self.masks,
+                                                                  mc, bs)
         rho = entry["randomization_spearman"]
         entry.update(randomization_passed=bool(rho < mc.randomization_threshold),
                      randomization_verdict=randomization_verdict(rho, mc.randomization_threshold),
                      randomization_curve=curves["randomization"], random_baseline=dict(self.random_baseline),
-                     randomized_model_baseline=randomized_baseline)
+                     randomized_model_baseline=randomized_baseline,
+                     output_range=float(per_image["output_range"].mean()),
+                     intervals=comparison_intervals(per_image, self.random_per_image, randomized_per_image, mc.seed))
         return entry, curves
 
 

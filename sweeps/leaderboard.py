@@ -141,10 +141,12 @@ def read_leaderboard(path: Path) -> pd.DataFrame:
 def record_reports(board, outcome: dict[tuple[str, str], str], results: Path) -> None:
     """The leaderboard's ``report`` column and each reported trial's scores (:func:`report_scores`)."""
     keys = list(zip(board["dataset"], board["trial_id"], strict=True))
-    board["report"] = [outcome.get(k, "") for k in keys]
     scores = [report_scores(results / "reports" / d / t) if outcome.get((d, t)) == "ok" else {} for d, t in keys]
-    for column in dict.fromkeys(k for row in scores for k in row):
-        board[column] = [row.get(column) for row in scores]
+    board = board.copy()
+    board["report"] = [outcome.get(k, "") for k in keys]
+    columns = list(dict.fromkeys(k for row in scores for k in row))  # all at once: a frame of many columns
+    added = pd.DataFrame({c: [row.get(c) for row in scores] for c in columns}, index=board.index)
+    board = pd.concat([board.drop(columns=[c for c in columns if c in board.columns]), added], axis=1)
     write_leaderboard([board], results / "leaderboard.csv")
 
 
@@ -168,6 +170,9 @@ def report_scores(report_dir: Path) -> dict[str, float]:
                 continue
             baselines = {"random_maps": entry.get("random_baseline") or {},
                          "randomized_model": entry.get("randomized_model_baseline") or {}}
+            shares = ((entry.get("regions") or {}).get("scored") or {}).get("share") or {}
+            for region, share in shares.items():  # where on the face: the share of the mass in each region
+                out[f"{method}:share_{region}"] = share
             for key in LEADERBOARD_METRICS:
                 if isinstance(entry.get(key), (int, float)):
                     out[f"{method}:{key}"] = entry[key]

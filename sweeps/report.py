@@ -376,7 +376,8 @@ def leaderboard(board: pd.DataFrame, space: list[str]) -> dict:
         "dataset", "rank", "trial_id", "status", "score", *space,
         "best_epoch", "epochs_run", "wall_seconds", "images_per_second", "report",
         *[c for c in ("test_accuracy", "test_macro_f1") if c in board.columns],
-        *[c for c in board.columns if ":" in c],  # explanation metrics per method, from the fan-out
+        *[c for c in board.columns if ":" in c and ":share_" not in c],  # explanation metrics per method
+        # (region shares stay in leaderboard.csv; the report draws them per trial, regions.png)
     ]
     top = board["score"].max() if board["score"].notna().any() else 1.0
     rows = []
@@ -541,6 +542,8 @@ def method_galleries(figs: Figures, method: str) -> dict:
     return {
         "name": method,
         "class_means": figs.get(f"xai/{method}/class_means.png", f"{method}: mean map per true class"),
+        "regions": figs.get(f"xai/{method}/regions.png", f"{method}: share of the attribution mass per face region "
+                            "and true class, beside the randomized model"),
         "galleries": galleries,
     }
 

@@ -286,6 +286,7 @@ def test_report_opens_in_chromium_with_every_image(sweep, tmp_path):
     for method in methods:
         assert len(dom.having(data_section="method", data_method=method)) == 2, method
     assert len(dom.having(data_section="class-means")) == 2 * len(methods)
+    assert len(dom.having(data_section="regions")) == 2 * len(methods)  # where on the face (synthfaces: masks)
     galleries = Counter((a["data-section"], a["data-method"]) for a in dom.having("details")
                         if a.get("data-section", "").startswith("gallery-"))
     assert galleries == _galleries_on_disk(out)

@@ -117,6 +117,7 @@ class DataConfig:
     on_bad_row: Literal["error", "skip"] = "error"  # malformed CSV / label.csv rows: stop, or skip and record
     dedup: Literal["keep", "drop_conflicts", "drop_cross_split", "drop_all"] = "keep"  # exact duplicates
     limit_per_class: int = _bounded(0, 0)  # 0: all images; >0 keeps the first k per class (smoke runs)
+    landmarks: bool = True  # dlib's 68 points on every face of a dataset without masks, found once at prepare
     synthfaces: SynthFacesConfig = field(default_factory=SynthFacesConfig)
     ferplus: FerPlusConfig = field(default_factory=FerPlusConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)

@@ -338,6 +338,31 @@ def audit_dataset(data: DataConfig, out: str | Path) -> dict[str, Any]:
     )
     images = np.load(out / "cache" / str(info["cache_key"]) / "images.npy", mmap_mode="r")
     report = audit_table(table, np.asarray(images), list(info["class_names"]), data, info)
+    report["landmarks"] = check_landmarks(out, info, table, np.asarray(images), data.audit.max_examples)
     atomic_write_json(out / "audit.json", report)
     atomic_write_text(out / "audit.md", audit_markdown(report))
     return report
+
+
+def check_landmarks(out: Path, info: dict, table: pd.DataFrame, images: np.ndarray,
+                    max_examples: int) -> dict[str, Any] | None:
+    """Whether the face regions can be trusted: the fraction of faces whose landmarks dlib's detector found
+    (the rest were fitted from the crop), per split and class, and ``landmarks.png``, a gallery of fits of
+    each kind. None when the dataset has no landmarks (``data.landmarks: false``, or masks of its own)."""
+    from xai_lab.data.landmarks import draw_landmark_gallery, load_landmarks
+
+    found = load_landmarks(out / "cache" / str(info["cache_key"]))
+    if found is None:
+        return None
+    points, source = np.asarray(found[0]), np.asarray(found[1]).astype(bool)
+    splits, labels = table["split"].to_numpy(), table["label"].to_numpy()
+    gallery = draw_landmark_gallery(images, points, source, out / "landmarks.png", per_kind=min(12, max_examples))
+    return {
+        "n": int(len(source)),
+        "detected": int(source.sum()),
+        "detected_fraction": float(source.mean()) if len(source) else None,
+        "by_split": {s: float(source[splits == s].mean()) for s in SPLIT_ORDER if (splits == s).any()},
+        "by_class": {c: float(source[labels == c].mean()) for c in info["class_names"] if (labels == c).any()},
+        "gallery": gallery,
+        "model": "dlib shape_predictor_68_face_landmarks (iBUG 300-W; non-commercial terms)",
+    }

@@ -37,6 +37,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"  class balance: largest/smallest = {bal['imbalance_ratio']} "
         f"({bal['largest']} / {bal['smallest']})",
     ]
+    marks = report.get("landmarks")
+    if marks:
+        splits = ", ".join(f"{s} {v:.0%}" for s, v in marks["by_split"].items())
+        lines.append(f"  landmarks: detected on {marks['detected_fraction']:.0%} of the faces ({splits}), "
+                     f"fitted from the crop on the rest; gallery: {marks['gallery']}")
     shift = report.get("split_shift")
     if shift:
         lines.append(
@@ -178,8 +183,24 @@ def audit_markdown(report: dict[str, Any]) -> str:
     md += per_class_markdown(report["per_class"])
     md += class_balance_markdown(report["class_balance"])
     md += split_shift_markdown(report)
+    md += landmarks_markdown(report.get("landmarks"))
     md += left_out_markdown(report["prepare"])
     return "\n".join(md)
+
+
+def landmarks_markdown(marks: dict[str, Any] | None) -> list[str]:
+    """The ``audit.md`` section on facial landmarks: where dlib's detector found the face, per split and class."""
+    if not marks:
+        return []
+    lines = ["", "## Facial landmarks", "",
+             f"dlib's 68 points on every face ({marks['model']}). Detected: dlib's HOG detector found the face and "
+             "the points were fitted in its box; fitted: it found none and the points were fitted in the median "
+             "box of the detected faces. Regions from fitted faces are less trustworthy; look at the gallery "
+             f"(`{marks['gallery']}`).", "",
+             f"Detected on {marks['detected']} of {marks['n']} faces ({marks['detected_fraction']:.1%}).", "",
+             "| split or class | detected |", "|---|---|"]
+    lines += [f"| {s} | {v:.1%} |" for s, v in {**marks["by_split"], **marks["by_class"]}.items()]
+    return [*lines, ""]
 
 
 def split_shift_markdown(report: dict[str, Any]) -> list[str]:

@@ -28,6 +28,8 @@ class Split:
     paths: list[str]
     masks: np.ndarray | None = None  # bool [N, 1, S, S]: the pixels that carry the expression
     soft_targets: np.ndarray | None = None  # float32 [N, K]: label distributions (e.g. FER+ votes)
+    landmarks: np.ndarray | None = None  # float32 [N, 68, 2]: dlib's points (xai_lab.data.landmarks)
+    landmark_source: np.ndarray | None = None  # uint8 [N]: 1 detected, 0 fitted from the crop
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -39,6 +41,8 @@ class Split:
             paths=[self.paths[i] for i in idx],
             masks=None if self.masks is None else self.masks[idx],
             soft_targets=None if self.soft_targets is None else self.soft_targets[idx],
+            landmarks=None if self.landmarks is None else self.landmarks[idx],
+            landmark_source=None if self.landmark_source is None else self.landmark_source[idx],
         )
 
     def concat(self, other: Split) -> Split:
@@ -53,6 +57,8 @@ class Split:
             paths=self.paths + other.paths,
             masks=cat(self.masks, other.masks),
             soft_targets=cat(self.soft_targets, other.soft_targets),
+            landmarks=cat(self.landmarks, other.landmarks),
+            landmark_source=cat(self.landmark_source, other.landmark_source),
         )
 
 
@@ -88,6 +94,11 @@ def load_dataset(data: DataConfig, progress: bool = False) -> Dataset:
     cache = _cache_path(out, info)
     images = np.load(cache / "images.npy", mmap_mode="r")
     masks = np.load(cache / "masks.npy", mmap_mode="r") if (cache / "masks.npy").is_file() else None
+    marks = None
+    if data.landmarks and masks is None:  # found at prepare; a cache made with data.landmarks=false gets them now
+        from xai_lab.data.landmarks import cache_landmarks
+
+        marks = cache_landmarks(cache, images)
     if len(images) != len(metadata):
         raise UserError(f"{cache} does not match {out / 'metadata.csv'}; run `xai-lab prepare` again")
     row_of = {p: i for i, p in enumerate(metadata["path"])}
@@ -106,6 +117,8 @@ def load_dataset(data: DataConfig, progress: bool = False) -> Dataset:
             paths=metadata["path"].iloc[idx].tolist(),
             masks=None if masks is None else np.ascontiguousarray(masks[idx]),
             soft_targets=metadata[soft_cols].to_numpy(np.float32)[idx] if soft_cols else None,
+            landmarks=None if marks is None else np.ascontiguousarray(marks[0][idx]),
+            landmark_source=None if marks is None else np.ascontiguousarray(marks[1][idx]),
         )
     if data.fold >= 0 and not data.fold_val:  # the validation fold trains too; val is left empty
         splits["train"] = splits["train"].concat(splits["val"])

@@ -9,6 +9,8 @@ Output, under ``<data.processed_root>/<data.name>/``::
     audit.json, audit.md  duplicates, leakage, label conflicts, per-class statistics (:mod:`.audit`)
     cache/<key>/images.npy    every image decoded once: uint8 [N, C, S, S], rows as in metadata.csv
     cache/<key>/masks.npy     ground-truth masks (bool [N, 1, S, S]) where the source has them
+    cache/<key>/landmarks.npy, landmark_source.npy   dlib's 68 points per face where it has none
+                              (``data.landmarks``; :mod:`.landmarks`), found once
 
 ``path`` is relative to ``data.root``. The split is the dataset's own where the source gives
 one (a ``split`` column), else a seeded stratified holdout (grouped by subject if asked). The
@@ -38,7 +40,7 @@ from xai_lab.data.splits import SPLITS, fold_indices, given_split_indices, kfold
 from xai_lab.errors import UserError
 
 # Keys that do not change what prepare writes (the fold is chosen at load time; the audit re-runs).
-_NOT_HASHED = ("fold", "fold_val", "audit")
+_NOT_HASHED = ("fold", "fold_val", "audit", "landmarks")  # landmarks are added to the cache, not a new one
 
 
 def processed_dir(data: DataConfig) -> Path:
@@ -99,12 +101,27 @@ def prepare(data: DataConfig, progress: bool = False, audit: bool = True) -> Pat
         dropped=dropped,
         cache_key=key,
     )
+    ensure_landmarks(data, out, info)
     atomic_write_json(out / "dataset.json", info)
     if audit:
         from xai_lab.data.audit import audit_dataset
 
         audit_dataset(data, out)
     return out
+
+
+def ensure_landmarks(data: DataConfig, out: Path, info: dict) -> None:
+    """Find the faces' landmarks into the cache when ``data.landmarks`` asks and the data has no masks;
+    record in ``info`` (dataset.json) whether it has them and how many were detected."""
+    from xai_lab.data.landmarks import cache_landmarks
+
+    cache = out / "cache" / str(info["cache_key"])
+    if not data.landmarks or info.get("has_masks"):
+        info["landmarks"] = None
+        return
+    images = np.load(cache / "images.npy", mmap_mode="r")
+    _, source = cache_landmarks(cache, images)
+    info["landmarks"] = {"n": int(len(source)), "detected": int(source.sum())}
 
 
 def read_manifest(
@@ -325,4 +342,7 @@ def run_audit(data: DataConfig, progress: bool = False) -> tuple[dict[str, Any],
     cache_ok = info is not None and (out / "cache" / str(info.get("cache_key")) / "images.npy").is_file()
     if info is None or info.get("config_sha1") != config_sha1(data) or not cache_ok:
         prepare(data, progress=progress, audit=False)
+    elif data.landmarks and not info.get("landmarks") and not info.get("has_masks"):  # prepared without them
+        ensure_landmarks(data, out, info)
+        atomic_write_json(out / "dataset.json", info)
     return audit_dataset(data, out), out

@@ -110,3 +110,27 @@ def draw_metric_curves(curves: dict[str, dict], path: Path) -> None:
     axes[2].legend(fontsize=7, frameon=False)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
+
+
+def draw_region_shares(by_class: dict[str, dict], regions: list[str], path: Path, title: str) -> None:
+    """Classes x regions: the share of the attribution mass in each region (colour and top number), and
+    below it the same method's share on the randomized model; ▲/▼ mark a share credibly above/below it
+    (paired 95% interval), · one that cannot be told apart."""
+    classes = list(by_class)
+    share = np.array([[by_class[c]["share"][r] for r in regions] for c in classes]) if classes else np.zeros((0, 0))
+    fig, ax = plt.subplots(figsize=(1.25 * len(regions) + 1.6, 0.55 * max(1, len(classes)) + 1.3))
+    ax.imshow(share, cmap="viridis", vmin=0, vmax=max(float(share.max()) if share.size else 1.0, 1e-6),
+              aspect="auto")
+    marks = {"more": "▲", "less": "▼", "cannot tell": "·"}
+    for i, c in enumerate(classes):
+        for j, r in enumerate(regions):
+            v, rm = by_class[c]["share"][r], by_class[c]["randomized_model"][r]
+            light = v < 0.6 * (share.max() or 1)
+            ax.text(j, i, f"{v:.0%} {marks[by_class[c]['outcome'][r]]}\n{rm:.0%}", ha="center", va="center",
+                    fontsize=7, color="white" if light else "black")
+    area = {r: float(np.mean([by_class[c]["area"][r] for c in classes])) if classes else 0.0 for r in regions}
+    ax.set_xticks(range(len(regions)), [f"{r.replace('_', ' ')}\n(area {area[r]:.0%})" for r in regions], fontsize=8)
+    ax.set_yticks(range(len(classes)), [f"{c} (n={by_class[c]['n']})" for c in classes], fontsize=8)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)

@@ -52,10 +52,17 @@ from xai_lab.atomic import atomic_write_json, atomic_write_text, atomic_write_wi
 from xai_lab.config import ExperimentConfig, ExplainConfig
 from xai_lab.errors import UserError
 from xai_lab.explain.class_means import ClassMeans, class_means
-from xai_lab.explain.drawing import draw_class_means, draw_comparison, draw_explanation, draw_metric_curves
+from xai_lab.explain.drawing import (
+    draw_class_means,
+    draw_comparison,
+    draw_explanation,
+    draw_metric_curves,
+    draw_region_shares,
+)
 from xai_lab.explain.explainers import EXPLAINERS, LAYER_METHODS, resolve_layer
 from xai_lab.explain.scoring import (
     Explainer,
+    Regions,
     Scoring,
     explanation_summary,
     log_entry,
@@ -267,7 +274,9 @@ def _prepare(model: nn.Module, cfg: ExperimentConfig, class_names: list[str], da
     means = class_mean_indices(data.labels, len(class_names), ec.class_means)
     requests = plan_requests({**{group: (idx, preds[idx]) for group, (idx, _) in galleries.items()},
                               SCORED: (scored, preds[scored]), CLASS_MEANS: (means, data.labels[means])})
-    scoring = Scoring(model, images, preds, data.masks, scored, ec) if len(scored) else None
+    size = data.images.shape[-1]
+    scoring = Scoring(model, images, preds, data.masks, scored, ec, Regions.of(data, scored, size)) if len(
+        scored) else None
     return _Job(model, ec, class_names, data, images, preds, probs.max(1), layer_name, grid, galleries, requests,
                 requests.inputs(images), scoring, xai)
 
@@ -298,9 +307,28 @@ def _explain_method(job: _Job, method: str) -> tuple[list[Path], dict[str, np.nd
         outcome, verdict = randomized_model_verdict(entry, mc.randomized_margin)
         entry.update(beats_randomized_model=outcome == "beats", randomized_model_outcome=outcome,
                      randomized_model_verdict=verdict)
+        if "regions" in entry:
+            _class_regions(job, explainer, maps[CLASS_MEANS], entry, method)
         log_entry(method, entry)
     log.info("%s: %d images -> %s (%.1fs)", method, len(written), job.xai / method, time.perf_counter() - t0)
     return written, gallery_maps, entry, curves
+
+
+def _class_regions(job: _Job, explainer: Explainer, maps: torch.Tensor, entry: dict, method: str) -> None:
+    """Region shares per class on the class means' faces (beside both baselines) into ``entry["regions"]``,
+    drawn as ``xai/<method>/regions.png``."""
+    rows = job.requests.rows[CLASS_MEANS]
+    regions = Regions.of(job.data, job.requests.index[rows], job.data.images.shape[-1])
+    if regions is None or not len(rows):
+        return
+    x, target = job.inputs[0][torch.as_tensor(rows, device=job.inputs[0].device)], job.inputs[1][
+        torch.as_tensor(rows, device=job.inputs[1].device)]
+    classes = job.requests.targets(CLASS_MEANS)
+    by_class = job.scoring.class_regions(explainer, x, target, maps, classes, job.class_names, regions)
+    entry["regions"]["by_class"] = by_class
+    entry["regions"]["detected_fraction_class_means"] = regions.detected
+    draw_region_shares(by_class, regions.names, job.xai / method / "regions.png",
+                       f"{method}: share of the attribution mass per region (true class; below: randomized model)")
 
 
 def _write_galleries(job: _Job, method: str, maps: dict[str, np.ndarray]) -> list[Path]:

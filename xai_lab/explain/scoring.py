@@ -209,7 +209,40 @@ def metrics_markdown(entries: dict) -> str:
     lines += ["", f"Split `{first['split']}`, {first['n_images']} images ({first['n_randomization_images']} in the "
               f"randomization cascade), explained for the predicted class. Target layer of the Grad-CAM family: "
               f"`{first['target_layer']}` (grid {first['cam_grid'][0]}x{first['cam_grid'][1]}).", ""]
+    for method, e in entries.items():
+        if "regions" in e:
+            lines += regions_markdown(method, e["regions"])
     return "\n".join(lines)
+
+
+MARKS = {"more": "▲", "less": "▼", "cannot tell": "·"}
+
+
+def regions_markdown(method: str, regions: dict) -> list[str]:
+    """``metrics.md``'s section on where one method's attribution mass falls, beside both baselines."""
+    names, s = regions["names"], regions["scored"]
+    found = (f"; landmarks detected on {regions['detected_fraction']:.0%} of these faces, fitted from the crop on "
+             f"the rest" if regions.get("detected_fraction") is not None else "")
+    lines = [f"## {method}: where on the face", "",
+             f"Share of the attribution mass (absolute values) in each region, on the {s['n']} scored faces "
+             f"(predicted class; regions from {regions['source']}{found}). In brackets: random maps / the same "
+             "method on the randomized model. ▲/▼: more/less mass than on the randomized model (paired 95% "
+             "bootstrap interval of the difference above/below 0), ·: cannot tell.", "",
+             "| region | area | share | share / area | difference from the randomized model |", "|---|---|---|---|---|"]
+    for r in names:
+        d, lo, hi = s["intervals"][r]["randomized_model"]
+        lines.append(f"| {r} | {s['area'][r]:.3f} | {s['share'][r]:.3f} ({s['random_maps'][r]:.3f} / "
+                     f"{s['randomized_model'][r]:.3f}) | {s['relative'][r]:.2f} | {d:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+                     f"{MARKS[s['outcome'][r]]} |")
+    by_class = regions.get("by_class") or {}
+    if by_class:
+        lines += ["", "Per true class (the class means' faces, explained for their true class): share "
+                  "(randomized model) and the mark.", "",
+                  "| class | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for c, v in by_class.items():
+            cells = [f"{v['share'][r]:.2f} ({v['randomized_model'][r]:.2f}) {MARKS[v['outcome'][r]]}" for r in names]
+            lines.append(f"| {c} | {v['n']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def explanation_summary(entries: dict) -> dict:
@@ -222,17 +255,82 @@ def explanation_summary(entries: dict) -> dict:
         "cam_grid": first["cam_grid"],
         "methods": {m: {**{k: e[k] for k in METRIC_KEYS if k in e}, "randomization_passed": e["randomization_passed"],
                         "randomized_model_baseline": e.get("randomized_model_baseline", {}),
-                        "beats_randomized_model": e.get("beats_randomized_model")}
+                        "beats_randomized_model": e.get("beats_randomized_model"),
+                        **({"region_shares": e["regions"]["scored"]["share"]} if "regions" in e else {})}
                     for m, e in entries.items()},
         "random_baseline": {k: v for k, v in first["random_baseline"].items()},
     }
+
+
+# --- where on the face: region shares beside both baselines ---------------------------------------
+
+REGION_OUTCOMES = {"beats": "more", "fails": "less", "cannot tell": "cannot tell"}
+
+
+def region_summary(names: list[str], shares: np.ndarray, random_shares: np.ndarray,
+                   randomized_shares: np.ndarray, areas: np.ndarray, seed: int) -> dict:
+    """Region shares of one set of faces ([N, R] each: the method's maps, random maps, the same method on
+    the randomized model; ``areas``: each region's share of the pixels): their means, the share relative
+    to the area, and per region the paired 95% intervals against both baselines and the outcome against
+    the randomized model (``more``, ``less`` or ``cannot tell`` mass there)."""
+    out: dict = {"n": int(len(shares)), "share": {}, "relative": {}, "area": {}, "random_maps": {},
+                 "randomized_model": {}, "intervals": {}, "outcome": {}}
+    for j, name in enumerate(names):
+        area = float(areas[:, j].mean()) if len(areas) else float("nan")
+        out["share"][name] = float(shares[:, j].mean()) if len(shares) else float("nan")
+        out["area"][name] = area
+        out["relative"][name] = out["share"][name] / area if area > 0 else float("nan")
+        out["random_maps"][name] = float(random_shares[:, j].mean()) if len(shares) else float("nan")
+        out["randomized_model"][name] = float(randomized_shares[:, j].mean()) if len(shares) else float("nan")
+        vs_rmod = paired_interval(shares[:, j], randomized_shares[:, j], seed)
+        out["intervals"][name] = {"random_maps": paired_interval(shares[:, j], random_shares[:, j], seed),
+                                  "randomized_model": vs_rmod}
+        out["outcome"][name] = REGION_OUTCOMES[decide(vs_rmod)]
+    return out
+
+
+class Regions:
+    """The region masks of a set of faces and what they came from: ``masks`` bool [N, R, H, W]."""
+
+    def __init__(self, names: list[str], masks: np.ndarray, source: str, detected: float | None = None):
+        self.names, self.masks, self.source, self.detected = list(names), masks, source, detected
+
+    @classmethod
+    def of(cls, data, idx: np.ndarray, size: int) -> Regions | None:
+        """The regions of the faces ``idx`` of a split: from its landmarks, else its masks; None without either."""
+        from xai_lab.explain.regions import MASK_REGIONS, REGIONS, landmark_region_masks, mask_regions
+
+        if getattr(data, "landmarks", None) is not None:
+            detected = float(np.asarray(data.landmark_source)[idx].mean()) if len(idx) else None
+            return cls(list(REGIONS), landmark_region_masks(np.asarray(data.landmarks)[idx], size), "landmarks",
+                       detected)
+        if data.masks is not None:
+            return cls(list(MASK_REGIONS), mask_regions(np.asarray(data.masks)[idx]), "masks")
+        return None
+
+    def shares(self, maps: torch.Tensor | np.ndarray) -> np.ndarray:
+        from xai_lab.explain.regions import region_shares
+
+        return region_shares(maps.detach().float().cpu().numpy() if torch.is_tensor(maps) else maps, self.masks)
+
+    def areas(self) -> np.ndarray:
+        from xai_lab.explain.regions import region_areas
+
+        return region_areas(self.masks)
+
+    def summary(self, maps, random_maps, randomized_maps, seed: int) -> dict:
+        return region_summary(self.names, self.shares(maps), self.shares(random_maps), self.shares(randomized_maps),
+                              self.areas(), seed)
+
+    def subset(self, rows: np.ndarray) -> Regions:
+        return Regions(self.names, self.masks[rows], self.source, self.detected)
 
 
 class Scoring:
     """The metrics of each method on one set of scored images, beside the two baselines (made once)."""
 
     def __init__(self, model: nn.Module, images: torch.Tensor, preds: np.ndarray, masks: np.ndarray | None,
-                 scored: np.ndarray, ec: ExplainConfig):
+                 scored: np.ndarray, ec: ExplainConfig, regions: Regions | None = None):
         dev = images.device
         self.model, self.mc, self.batch_size, self.n = model, ec.metrics, ec.batch_size, len(scored)
         self.x = images[torch.as_tensor(scored, device=dev)].float().div_(255)
@@ -241,6 +339,8 @@ class Scoring:
         self.random_baseline: dict | None = None
         self.random_curves: dict | None = None
         self.random_per_image: dict | None = None
+        self.random_maps: torch.Tensor | None = None
+        self.regions = regions
         self.randomized: nn.Module | None = None
 
     def score(self, explainer: Explainer, maps: torch.Tensor) -> tuple[dict, dict]:
@@ -249,7 +349,7 @@ class Scoring:
         mc, model, bs = self.mc, self.model, self.batch_size
         entry, curves, per_image = score_maps(model, self.x, self.t, maps, self.masks, explainer, mc, bs)
         if self.randomized is None:
-            rmaps = M.random_maps(self.n, *maps.shape[-2:], seed=mc.seed, device=maps.device)
+            rmaps = self.random_maps = M.random_maps(self.n, *maps.shape[-2:], seed=mc.seed, device=maps.device)
             self.random_baseline, self.random_curves, self.random_per_image = score_maps(
                 model, self.x, self.t, rmaps, self.masks, None, mc, bs)
             self.randomized = M.randomized_copy(model, mc.seed)
@@ -263,7 +363,29 @@ class Scoring:
                      randomized_model_baseline=randomized_baseline,
                      output_range=float(per_image["output_range"].mean()),
                      intervals=comparison_intervals(per_image, self.random_per_image, randomized_per_image, mc.seed))
+        if self.regions is not None:
+            entry["regions"] = {"names": self.regions.names, "source": self.regions.source,
+                                "detected_fraction": self.regions.detected,
+                                "scored": self.regions.summary(maps, self.random_maps, randomized_maps, mc.seed)}
         return entry, curves
+
+    def class_regions(self, explainer: Explainer, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
+                      classes: np.ndarray, class_names: list[str], regions: Regions) -> dict:
+        """Region shares per class of the class-mean faces (``x``, explained for their true class ``target``):
+        ``{class: region_summary}``, beside random maps and the same method on the randomized model."""
+        if self.randomized is None:
+            self.randomized = M.randomized_copy(self.model, self.mc.seed)
+        randomized_maps = explainer(self.randomized, x, target)
+        random_maps = M.random_maps(len(x), *maps.shape[-2:], seed=self.mc.seed + 2, device=maps.device)
+        shares, rnd, rmod = regions.shares(maps), regions.shares(random_maps), regions.shares(randomized_maps)
+        areas = regions.areas()
+        out = {}
+        for k, name in enumerate(class_names):
+            rows = np.flatnonzero(classes == k)
+            if len(rows):
+                out[name] = region_summary(regions.names, shares[rows], rnd[rows], rmod[rows], areas[rows],
+                                           self.mc.seed)
+        return out
 
 
 def log_entry(method: str, entry: dict) -> None:

@@ -162,8 +162,10 @@ def comparison_figures(folder: Path) -> None:
     section_screenshot(index, "comparison", FIGURES / "comparison_report.png", size="1500,1500")
     section_screenshot(index, "transfer", FIGURES / "comparison_report_transfer.png", size="1500,1100")
     names = {"transfer.png": "comparison_transfer.png", "comparison.png": "comparison_f1.png"}
-    for png in [folder / "transfer.png", *sorted(folder.glob("comparison*.png"))]:
-        out = FIGURES / names.get(png.name, png.name)  # comparison_<method>.png keep their names
+    pngs = [folder / "transfer.png", *sorted(folder.glob("comparison*.png")), *sorted(folder.glob("regions_*.png"))]
+    for png in pngs:
+        # comparison_<method>.png keep their names; regions_<method>.png become comparison_regions_<method>.png
+        out = FIGURES / names.get(png.name, png.name if png.name.startswith("comparison") else f"comparison_{png.name}")
         shutil.copyfile(png, out)
         print(f"wrote {out.relative_to(ROOT)}")
 

@@ -109,7 +109,59 @@ def write_comparison(results: Path) -> Path | None:
         methods = sorted({p.parent.name for _, f in best.values() for p in f.glob("xai/*/class_means.npz")})
         for method in methods:
             _plot_maps(best, shared, method, results / f"comparison_{method}.png")
+        regions = region_rows(best, shared)
+        if not regions.empty:
+            atomic_write_with(results / "regions.csv", lambda p: regions.to_csv(p, index=False))
+            for method, part in regions.groupby("method", sort=True):
+                _plot_regions(part, shared, str(method), results / f"regions_{method}.png")
     return csv
+
+
+def region_rows(best: dict[str, tuple[str, Path]], shared: list[str]) -> pd.DataFrame:
+    """``regions.csv``: per dataset, method, shared class and face region, the best model's share of the
+    attribution mass there (its ``metrics.json`` regions ``by_class``), beside the randomized model's."""
+    rows = []
+    for d, (_, folder) in best.items():
+        metrics_file = folder / "xai" / "metrics.json"
+        entries = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        for method, e in entries.items():
+            regions = e.get("regions") if isinstance(e, dict) else None
+            for name, v in ((regions or {}).get("by_class") or {}).items():
+                if class_key(name) not in shared:
+                    continue
+                rows += [{"dataset": d, "method": method, "class": class_key(name), "region": r, "n": v["n"],
+                          "share": v["share"][r], "randomized_model": v["randomized_model"][r],
+                          "area": v["area"][r], "outcome": v["outcome"][r], "source": regions["source"]}
+                         for r in regions["names"]]
+    return pd.DataFrame(rows)
+
+
+def _plot_regions(part: pd.DataFrame, shared: list[str], method: str, path: Path) -> None:
+    """One panel per shared class: each dataset's share of the mass per face region (bars) and the same
+    method on the randomized model (black ticks)."""
+    classes = [c for c in shared if c in set(part["class"])]
+    datasets = list(dict.fromkeys(part["dataset"]))
+    regions = list(dict.fromkeys(part["region"]))
+    fig, axes = plt.subplots(1, len(classes), figsize=(2.6 * len(classes) + 0.8, 2.9), squeeze=False, sharey=True)
+    width = 0.8 / max(1, len(datasets))
+    for ax, c in zip(axes[0], classes, strict=True):
+        for i, d in enumerate(datasets):
+            rows = part[(part["class"] == c) & (part["dataset"] == d)].set_index("region")
+            if rows.empty:
+                continue
+            xs = np.arange(len(regions)) + (i - (len(datasets) - 1) / 2) * width
+            ax.bar(xs, [rows["share"].get(r, np.nan) for r in regions], width, label=d, color=f"C{i}")
+            ax.scatter(xs, [rows["randomized_model"].get(r, np.nan) for r in regions], marker="_", color="black",
+                       s=40, zorder=3, label="randomized model" if i == 0 else None)
+        ax.set_title(c, fontsize=9)
+        ax.set_xticks(range(len(regions)), [r.replace("_", " ") for r in regions], rotation=45, ha="right",
+                      fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("share of the mass")
+    axes[0][-1].legend(fontsize=7, frameon=False, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle(f"{method}: where on the face, per shared class (true class; black: randomized model)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
 
 
 def _plot_f1(table: pd.DataFrame, shared: list[str], path: Path) -> None:
@@ -300,6 +352,27 @@ def _compare_into(out: Path, compared: list[ComparedRun], methods: list[str], nu
         scores = {pair: transfer_scores(by_name[pair[0]].run, by_name[pair[1]].dataset, sets, max_images=max_images)
                   for pair, sets in plan.items()}
         write_transfer(transfer_table(list(by_name), scores), out)
+        explain = compared[0].run.cfg.explain
+        write_agreement(out, {c.name: c.run for c in compared}, {c.name: c.dataset for c in compared}, methods,
+                        explain, max_images or explain.metrics.num_images)
+
+
+def write_agreement(out: Path, runs: dict[str, LoadedRun], datasets: dict[str, Dataset], methods: list[str],
+                    explain, n_faces: int) -> Path | None:
+    """``agreement.csv``: each dataset's test faces explained by its own model and by every other model that
+    shares classes (:func:`xai_lab.explain.agreement.cross_explanations`), per method."""
+    from xai_lab.explain.agreement import cross_explanations
+    from xai_lab.explain.run import method_params
+
+    tables = [cross_explanations(runs, datasets, m, method_params(explain, m), explain.layer, n_faces=n_faces,
+                                 batch_size=explain.batch_size, seed=explain.metrics.seed) for m in methods]
+    table = pd.concat([t for t in tables if not t.empty], ignore_index=True) if any(
+        not t.empty for t in tables) else pd.DataFrame()
+    if table.empty:
+        return None
+    csv = out / "agreement.csv"
+    atomic_write_with(csv, lambda p: table.to_csv(p, index=False))
+    return csv
 
 
 def run_row(c: ComparedRun, report_dir: Path) -> dict:

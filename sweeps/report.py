@@ -37,7 +37,7 @@ from xai_lab.errors import UserError
 from xai_lab.plots import CURVES
 
 COPIED = ("leaderboard.csv", "comparison.csv", "comparison.json", "sweep.yaml", "compare.json", "transfer.csv",
-          "transfer.json")
+          "transfer.json", "regions.csv", "agreement.csv")
 
 # The galleries explain draws under xai/<method>/<gallery>/, in page order; only the first starts open.
 GALLERIES = {
@@ -122,7 +122,7 @@ def _copy_reports(sweep: Path, dest: Path, chosen: pd.DataFrame) -> None:
     for name in COPIED:
         if (sweep / name).is_file():
             shutil.copy2(sweep / name, dest / name)
-    for png in [*sweep.glob("comparison*.png"), *sweep.glob("transfer.png")]:
+    for png in [*sweep.glob("comparison*.png"), *sweep.glob("transfer.png"), *sweep.glob("regions_*.png")]:
         shutil.copy2(png, dest / png.name)
     for row in chosen.itertuples():
         src = sweep / "reports" / row.dataset / row.trial_id
@@ -321,6 +321,24 @@ def best_cards(dest: Path, chosen: pd.DataFrame, space: list[str]) -> list[dict]
     return cards
 
 
+def agreement(dest: Path) -> list[dict]:
+    """``agreement.csv`` as table rows: the same faces explained by their dataset's model and another."""
+    csv = dest / "agreement.csv"
+    if not csv.is_file():
+        return []
+    table = pd.read_csv(csv, dtype={"faces_of": str, "model": str, "method": str})
+    regions = [c.removeprefix("own_share_") for c in table.columns if c.startswith("own_share_")]
+    rows = []
+    for _, r in table.iterrows():
+        shares = ", ".join(f"{g.replace('_', ' ')} {r[f'share_{g}']:.0%} / {r[f'own_share_{g}']:.0%}"
+                           for g in regions if g in ("brows", "eyes", "nose", "mouth"))
+        rows.append({"faces_of": r["faces_of"], "model": r["model"], "method": r["method"], "n": int(r["n"]),
+                     "spearman": f"{r['spearman']:.2f} [{r['spearman_low']:.2f}, {r['spearman_high']:.2f}]",
+                     "top20": f"{r['top20_iou']:.2f} [{r['top20_iou_low']:.2f}, {r['top20_iou_high']:.2f}]",
+                     "shares": shares})
+    return rows
+
+
 def comparison(dest: Path) -> dict | None:
     """The cross-dataset comparison (``comparison.csv`` / ``.json`` / ``*.png``), or None without one."""
     info_f, csv_f = dest / "comparison.json", dest / "comparison.csv"
@@ -343,6 +361,9 @@ def comparison(dest: Path) -> dict | None:
         "differing": info.get("differing_keys") or [],
         "f1_png": url("comparison.png") if (dest / "comparison.png").is_file() else None,
         "maps": maps,
+        "regions": [{"method": png.stem.removeprefix("regions_"), "src": url(png.name)}
+                    for png in sorted(dest.glob("regions_*.png"))],
+        "agreement": agreement(dest),
         "explanations": [{"dataset": d, "trial_id": t, "table": explanation_table(_explanation_metrics(dest, d, t))}
                          for d, t in zip(table["dataset"], table["trial_id"], strict=True)
                          if _explanation_metrics(dest, d, t)],

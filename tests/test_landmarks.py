@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import ROOT, SHARED
@@ -170,6 +171,10 @@ def test_explain_scores_regions_on_real_faces_and_on_synthfaces(tmp_path):
         assert set(scored["outcome"].values()) <= {"more", "less", "cannot tell"}
         assert set(regions["by_class"]) <= set(data.class_names) and regions["by_class"]
         assert (report / "xai" / "gradcam" / "regions.png").stat().st_size > 5000
+        per_face = pd.read_csv(report / "xai" / "gradcam" / "region_shares.csv")
+        assert len(per_face) == scored["n"] and per_face[[f"share_{r}" for r in names]].sum(axis=1).round(6).eq(1).all()
+        assert per_face[f"share_{names[0]}"].mean() == pytest.approx(scored["share"][names[0]])
+        assert set(per_face["landmarks"]) <= ({"detected", "fitted"} if names == list(REGIONS) else {"none"})
         assert "## gradcam: where on the face" in (report / "xai" / "metrics.md").read_text()
         summary = json.loads(json.dumps(result.summary))
         assert set(summary["methods"]["gradcam"]["region_shares"]) == set(names)

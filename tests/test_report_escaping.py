@@ -104,7 +104,7 @@ def _check_no_injection(page: Elements) -> None:
     assert len(page.having("script")) == 1 and not page.having("script")[0]  # the report's own, inline
     for img in page.having("img"):
         assert set(img) == {"src", "alt", "loading"} or "class" in img, img
-        assert img["src"].startswith(("reports/", "comparison")), img
+        assert img["src"].startswith(("reports/", "comparison", "regions_", "transfer")), img
 
 
 def _check_names_are_text(page: Elements) -> None:

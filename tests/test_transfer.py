@@ -150,7 +150,15 @@ def test_compare_writes_reports_transfer_matrix_and_page(runs, capsys):
     for pair in [("objects", "ck8"), ("ck8", "objects"), ("ferpluss", "objects")]:
         assert cell[pair].note == "no shared class" and cell[pair].n == 0 and cell[pair].accuracy == ""
     assert (out / "transfer.png").stat().st_size > 5000
+    # the same faces by two models: every ordered pair of face datasets, none with the objects
+    agree = pd.read_csv(out / "agreement.csv")
+    assert {(r.faces_of, r.model) for r in agree.itertuples()} == {
+        (a, b) for a in ("ck8", "fer2013s", "ferpluss") for b in ("ck8", "fer2013s", "ferpluss") if a != b}
+    assert agree["spearman"].between(-1, 1).all() and agree["top20_iou"].between(0, 1).all()
+    assert (agree["spearman_low"] <= agree["spearman"]).all() and (agree["n"] > 0).all()
     page = Elements((out / "index.html").read_text())
+    assert page.having(data_section="comparison-agreement")
+    assert not (out / "regions.csv").exists()  # the objects share no class with the faces: no figures over them
     assert page.having(id="transfer") and page.having("img", src="transfer.png")
     assert "Comparison cmp" in page.text and "In-domain test accuracy averages" in page.text  # --out's name
     assert page.having(data_section="comparison-explanations")
@@ -176,3 +184,39 @@ def test_compare_refuses_bad_input_in_one_line(runs, capsys, tmp_path):
                  "--methods", "gradcam", "--smoke"]) == 0
     table = pd.read_csv(tmp_path / "two" / "transfer.csv")
     assert table["accuracy"].nunique() == 1  # the same model on the same faces, four times
+
+
+def test_a_comparison_of_face_datasets_shows_where_each_model_looks_per_shared_class(runs, tmp_path):
+    _, run_dirs = runs
+    out = tmp_path / "faces"
+    assert main(["-q", "compare", "--runs", run_dirs["ck"], run_dirs["fer2013"], run_dirs["ferplus"], "--out",
+                 str(out), "--methods", "gradcam", "--smoke"]) == 0
+    regions = pd.read_csv(out / "regions.csv")
+    assert set(regions["dataset"]) == {"ck8", "fer2013s", "ferpluss"} and set(regions["source"]) == {"landmarks"}
+    assert set(regions["class"]) <= {"happiness", "surprise", "sadness", "anger", "disgust", "fear"}
+    assert regions.groupby(["dataset", "class"])["share"].sum().round(6).eq(1).all()
+    assert (out / "regions_gradcam.png").stat().st_size > 5000
+    page = Elements((out / "index.html").read_text())
+    assert page.having(data_section="comparison-regions") and page.having("img", src="regions_gradcam.png")
+
+
+def test_the_same_model_agrees_with_itself_on_every_face(runs):
+    """Known answers: identical maps correlate 1 and share their top pixels; disjoint tops overlap 0."""
+    import torch
+
+    from xai_lab.data.dataset import load_dataset
+    from xai_lab.evaluate import load_run
+    from xai_lab.explain.agreement import cross_explanations, top_overlap
+
+    a = torch.zeros(1, 10, 10)
+    a[0, :2] = 1.0  # the top 20%: the first two rows
+    assert top_overlap(a, a).item() == 1.0 and top_overlap(a, a.flip(1)).item() == 0.0
+    _, run_dirs = runs
+    run = load_run(run_dirs["fer2013"], "cpu")
+    data = load_dataset(run.cfg.data)
+    table = cross_explanations({"x": run, "y": run}, {"x": data}, "gradcam", {}, "", n_faces=6)
+    assert list(table["faces_of"]) == ["x"] and list(table["model"]) == ["y"]
+    assert table["n"].item() + table["n_blank"].item() == 6 and table["n"].item() > 0  # blank Grad-CAMs left out
+    assert table["spearman"].item() == pytest.approx(1.0) and table["top20_iou"].item() == pytest.approx(1.0)
+    own = table.filter(like="own_share_").to_numpy()
+    assert np.allclose(own, table.filter(regex="^share_").to_numpy())  # the same maps, the same shares

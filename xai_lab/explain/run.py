@@ -256,6 +256,7 @@ class _Job:
     inputs: tuple[torch.Tensor, torch.Tensor]  # the requests' images and targets, as one batch
     scoring: Scoring | None
     xai: Path
+    scored: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))  # the scored faces
 
 
 def _prepare(model: nn.Module, cfg: ExperimentConfig, class_names: list[str], data, ec: ExplainConfig,
@@ -278,7 +279,7 @@ def _prepare(model: nn.Module, cfg: ExperimentConfig, class_names: list[str], da
     scoring = Scoring(model, images, preds, data.masks, scored, ec, Regions.of(data, scored, size)) if len(
         scored) else None
     return _Job(model, ec, class_names, data, images, preds, probs.max(1), layer_name, grid, galleries, requests,
-                requests.inputs(images), scoring, xai)
+                requests.inputs(images), scoring, xai, scored)
 
 
 def _explain_method(job: _Job, method: str) -> tuple[list[Path], dict[str, np.ndarray], dict | None, dict | None]:
@@ -308,10 +309,28 @@ def _explain_method(job: _Job, method: str) -> tuple[list[Path], dict[str, np.nd
         entry.update(beats_randomized_model=outcome == "beats", randomized_model_outcome=outcome,
                      randomized_model_verdict=verdict)
         if "regions" in entry:
+            _write_region_shares(job, method, entry["regions"]["names"])
             _class_regions(job, explainer, maps[CLASS_MEANS], entry, method)
         log_entry(method, entry)
     log.info("%s: %d images -> %s (%.1fs)", method, len(written), job.xai / method, time.perf_counter() - t0)
     return written, gallery_maps, entry, curves
+
+
+def _write_region_shares(job: _Job, method: str, names: list[str]) -> None:
+    """``xai/<method>/region_shares.csv``: per scored face, its share of the mass in each region, beside the same
+    method on the randomized model and the region's area, and whether its landmarks were detected."""
+    idx, shares = job.scored, job.scoring.last_shares
+    data, names_of = job.data, job.class_names
+    table = pd.DataFrame({
+        "path": [data.paths[i] for i in idx],
+        "true": [names_of[data.labels[i]] for i in idx],
+        "pred": [names_of[job.preds[i]] for i in idx],
+        "landmarks": (["detected" if s else "fitted" for s in np.asarray(data.landmark_source)[idx]]
+                      if data.landmarks is not None else ["none"] * len(idx)),
+        **{f"{kind}_{r}": shares[kind][:, j] for kind in ("share", "randomized_model", "area")
+           for j, r in enumerate(names)},
+    })
+    atomic_write_with(job.xai / method / "region_shares.csv", lambda p: table.to_csv(p, index=False))
 
 
 def _class_regions(job: _Job, explainer: Explainer, maps: torch.Tensor, entry: dict, method: str) -> None:

@@ -341,6 +341,7 @@ class Scoring:
         self.random_per_image: dict | None = None
         self.random_maps: torch.Tensor | None = None
         self.regions = regions
+        self.last_shares: dict[str, np.ndarray] | None = None  # per scored face, of the method scored last
         self.randomized: nn.Module | None = None
 
     def score(self, explainer: Explainer, maps: torch.Tensor) -> tuple[dict, dict]:
@@ -367,6 +368,8 @@ class Scoring:
             entry["regions"] = {"names": self.regions.names, "source": self.regions.source,
                                 "detected_fraction": self.regions.detected,
                                 "scored": self.regions.summary(maps, self.random_maps, randomized_maps, mc.seed)}
+            self.last_shares = {"share": self.regions.shares(maps), "randomized_model": self.regions.shares(
+                randomized_maps), "area": self.regions.areas()}
         return entry, curves
 
     def class_regions(self, explainer: Explainer, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,

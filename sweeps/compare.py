@@ -366,10 +366,10 @@ def write_agreement(out: Path, runs: dict[str, LoadedRun], datasets: dict[str, D
 
     tables = [cross_explanations(runs, datasets, m, method_params(explain, m), explain.layer, n_faces=n_faces,
                                  batch_size=explain.batch_size, seed=explain.metrics.seed) for m in methods]
-    table = pd.concat([t for t in tables if not t.empty], ignore_index=True) if any(
-        not t.empty for t in tables) else pd.DataFrame()
-    if table.empty:
+    tables = [t for t in tables if not t.empty]
+    if not tables:
         return None
+    table = pd.concat(tables, ignore_index=True)
     csv = out / "agreement.csv"
     atomic_write_with(csv, lambda p: table.to_csv(p, index=False))
     return csv

@@ -346,7 +346,7 @@ def test_a_model_whose_output_never_moves_gets_no_verdict():
     ec = ExplainConfig()
     scoring = Scoring(model, images, np.zeros(12, np.int64), None, np.arange(12), ec)
     maps = torch.rand(12, 32, 32)
-    entry, _ = scoring.score(Explainer("saliency", {}, "", 16), maps)
+    entry, _, _ = scoring.score(Explainer("saliency", {}, "", 16), maps)
     entry["n_images"] = 12
     assert entry["insertion_auc"] == pytest.approx(1.0) and entry["output_range"] < 1e-3
     outcome, text = randomized_model_verdict(entry, ec.metrics.randomized_margin)

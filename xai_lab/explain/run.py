@@ -256,7 +256,8 @@ class _Job:
     inputs: tuple[torch.Tensor, torch.Tensor]  # the requests' images and targets, as one batch
     scoring: Scoring | None
     xai: Path
-    scored: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))  # the scored faces
+    scored: np.ndarray  # the scored images (indices into the split)
+    mean_regions: Regions | None  # the regions of the class means' images, with scoring on
 
 
 def _prepare(model: nn.Module, cfg: ExperimentConfig, class_names: list[str], data, ec: ExplainConfig,
@@ -278,8 +279,9 @@ def _prepare(model: nn.Module, cfg: ExperimentConfig, class_names: list[str], da
     size = data.images.shape[-1]
     scoring = Scoring(model, images, preds, data.masks, scored, ec, Regions.of(data, scored, size)) if len(
         scored) else None
+    mean_regions = Regions.of(data, requests.index[requests.rows[CLASS_MEANS]], size) if scoring else None
     return _Job(model, ec, class_names, data, images, preds, probs.max(1), layer_name, grid, galleries, requests,
-                requests.inputs(images), scoring, xai, scored)
+                requests.inputs(images), scoring, xai, scored, mean_regions)
 
 
 def _explain_method(job: _Job, method: str) -> tuple[list[Path], dict[str, np.ndarray], dict | None, dict | None]:
@@ -299,7 +301,7 @@ def _explain_method(job: _Job, method: str) -> tuple[list[Path], dict[str, np.nd
     draw_class_means(means, counts, job.xai / method / "class_means.png", cm.title())
     entry = curves = None
     if job.scoring is not None:
-        entry, curves = job.scoring.score(explainer, maps[SCORED])
+        entry, curves, faces = job.scoring.score(explainer, maps[SCORED])
         n, mc = job.scoring.n, job.ec.metrics
         entry.update(split=job.ec.split, n_images=int(n), n_randomization_images=min(mc.randomization_images, n),
                      target="predicted class", target_layer=job.layer_name, uses_layer=method in LAYER_METHODS,
@@ -308,18 +310,18 @@ def _explain_method(job: _Job, method: str) -> tuple[list[Path], dict[str, np.nd
         outcome, verdict = randomized_model_verdict(entry, mc.randomized_margin)
         entry.update(beats_randomized_model=outcome == "beats", randomized_model_outcome=outcome,
                      randomized_model_verdict=verdict)
-        if "regions" in entry:
-            _write_region_shares(job, method, entry["regions"]["names"])
+        if faces is not None:
+            _write_region_shares(job, method, entry["regions"]["names"], faces)
             _class_regions(job, explainer, maps[CLASS_MEANS], entry, method)
         log_entry(method, entry)
     log.info("%s: %d images -> %s (%.1fs)", method, len(written), job.xai / method, time.perf_counter() - t0)
     return written, gallery_maps, entry, curves
 
 
-def _write_region_shares(job: _Job, method: str, names: list[str]) -> None:
+def _write_region_shares(job: _Job, method: str, names: list[str], shares: dict[str, np.ndarray]) -> None:
     """``xai/<method>/region_shares.csv``: per scored face, its share of the mass in each region, beside the same
     method on the randomized model and the region's area, and whether its landmarks were detected."""
-    idx, shares = job.scored, job.scoring.last_shares
+    idx = job.scored
     data, names_of = job.data, job.class_names
     table = pd.DataFrame({
         "path": [data.paths[i] for i in idx],
@@ -336,8 +338,7 @@ def _write_region_shares(job: _Job, method: str, names: list[str]) -> None:
 def _class_regions(job: _Job, explainer: Explainer, maps: torch.Tensor, entry: dict, method: str) -> None:
     """Region shares per class on the class means' faces (beside both baselines) into ``entry["regions"]``,
     drawn as ``xai/<method>/regions.png``."""
-    rows = job.requests.rows[CLASS_MEANS]
-    regions = Regions.of(job.data, job.requests.index[rows], job.data.images.shape[-1])
+    rows, regions = job.requests.rows[CLASS_MEANS], job.mean_regions
     if regions is None or not len(rows):
         return
     x, target = job.inputs[0][torch.as_tensor(rows, device=job.inputs[0].device)], job.inputs[1][

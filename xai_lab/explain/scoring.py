@@ -300,7 +300,7 @@ class Regions:
         """The regions of the faces ``idx`` of a split: from its landmarks, else its masks; None without either."""
         from xai_lab.explain.regions import MASK_REGIONS, REGIONS, landmark_region_masks, mask_regions
 
-        if getattr(data, "landmarks", None) is not None:
+        if data.landmarks is not None:
             detected = float(np.asarray(data.landmark_source)[idx].mean()) if len(idx) else None
             return cls(list(REGIONS), landmark_region_masks(np.asarray(data.landmarks)[idx], size), "landmarks",
                        detected)
@@ -318,12 +318,6 @@ class Regions:
 
         return region_areas(self.masks)
 
-    def summary(self, maps, random_maps, randomized_maps, seed: int) -> dict:
-        return region_summary(self.names, self.shares(maps), self.shares(random_maps), self.shares(randomized_maps),
-                              self.areas(), seed)
-
-    def subset(self, rows: np.ndarray) -> Regions:
-        return Regions(self.names, self.masks[rows], self.source, self.detected)
 
 
 class Scoring:
@@ -341,12 +335,12 @@ class Scoring:
         self.random_per_image: dict | None = None
         self.random_maps: torch.Tensor | None = None
         self.regions = regions
-        self.last_shares: dict[str, np.ndarray] | None = None  # per scored face, of the method scored last
         self.randomized: nn.Module | None = None
 
-    def score(self, explainer: Explainer, maps: torch.Tensor) -> tuple[dict, dict]:
+    def score(self, explainer: Explainer, maps: torch.Tensor) -> tuple[dict, dict, dict | None]:
         """One method's ``maps`` of the scored images: its metrics with the randomization test and both
-        baselines, and its curves."""
+        baselines, its curves, and with regions each face's region shares (``share``, ``randomized_model``,
+        ``area``: [N, R] each; None without regions)."""
         mc, model, bs = self.mc, self.model, self.batch_size
         entry, curves, per_image = score_maps(model, self.x, self.t, maps, self.masks, explainer, mc, bs)
         if self.randomized is None:
@@ -364,20 +358,21 @@ class Scoring:
                      randomized_model_baseline=randomized_baseline,
                      output_range=float(per_image["output_range"].mean()),
                      intervals=comparison_intervals(per_image, self.random_per_image, randomized_per_image, mc.seed))
+        faces = None
         if self.regions is not None:
-            entry["regions"] = {"names": self.regions.names, "source": self.regions.source,
-                                "detected_fraction": self.regions.detected,
-                                "scored": self.regions.summary(maps, self.random_maps, randomized_maps, mc.seed)}
-            self.last_shares = {"share": self.regions.shares(maps), "randomized_model": self.regions.shares(
-                randomized_maps), "area": self.regions.areas()}
-        return entry, curves
+            r = self.regions
+            faces = {"share": r.shares(maps), "randomized_model": r.shares(randomized_maps), "area": r.areas()}
+            scored = region_summary(r.names, faces["share"], r.shares(self.random_maps), faces["randomized_model"],
+                                    faces["area"], mc.seed)
+            entry["regions"] = {"names": r.names, "source": r.source, "detected_fraction": r.detected,
+                                "scored": scored}
+        return entry, curves, faces
 
     def class_regions(self, explainer: Explainer, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
                       classes: np.ndarray, class_names: list[str], regions: Regions) -> dict:
         """Region shares per class of the class-mean faces (``x``, explained for their true class ``target``):
-        ``{class: region_summary}``, beside random maps and the same method on the randomized model."""
-        if self.randomized is None:
-            self.randomized = M.randomized_copy(self.model, self.mc.seed)
+        ``{class: region_summary}``, beside random maps and the same method on the randomized model (the one
+        :meth:`score` made: call it first)."""
         randomized_maps = explainer(self.randomized, x, target)
         random_maps = M.random_maps(len(x), *maps.shape[-2:], seed=self.mc.seed + 2, device=maps.device)
         shares, rnd, rmod = regions.shares(maps), regions.shares(random_maps), regions.shares(randomized_maps)

@@ -1,7 +1,7 @@
 # make demo: set up .venv if needed, then the quickstart sweep on synthfaces (sweep, reports, comparison,
 #            index.html); SWEEP=..., ARGS="key=value ..." change it;
 #            RESUME=1 DEMO_NAME=<name> carries on with an interrupted one.
-# make test: set up .venv (and Chromium) if needed, then run the tests.
+# make test: set up .venv (and Chromium, PostgreSQL) if needed, then run the tests.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +13,7 @@ SWEEP ?= configs/sweeps/quickstart.yaml
 DEMO_NAME ?= $(basename $(notdir $(SWEEP)))-$(shell date +%Y%m%d-%H%M%S)
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test lint clean chromium
+.PHONY: setup demo test lint clean chromium postgres
 
 # Installs once; re-runs only when requirements.txt or pyproject.toml change.
 $(STAMP): requirements.txt pyproject.toml
@@ -27,6 +27,7 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m xai_lab sweep --config $(SWEEP) $(if $(RESUME),--resume) name=$(DEMO_NAME) $(ARGS)
 	@echo "open: file://$$(readlink -f ray_results/$(DEMO_NAME)/index.html)"
+	@echo "runs: $(XAI) runs --experiment sweep/$(DEMO_NAME)   (or: $(VENV)/bin/mlflow ui)"
 
 # The report test opens index.html in headless Chromium (Debian's chromium package).
 chromium:
@@ -35,7 +36,15 @@ chromium:
 	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
 	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium >/dev/null; }
 
-test: setup chromium
+# The run store's tests run against a real PostgreSQL server (Debian's postgresql package), which
+# tests/test_store.py starts on 127.0.0.1 with .ci/postgres-start (or finds at $$XAI_LAB_TEST_POSTGRES).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { echo "installing postgresql for the run store's tests"; \
+	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq postgresql >/dev/null; }
+
+test: setup chromium postgres
 	$(PY) -m pytest -q
 
 lint: setup

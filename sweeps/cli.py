@@ -83,6 +83,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         raise stop.interrupted(resume) from None
     print(f"leaderboard: {outcome.leaderboard}")
+    if outcome.recorded:
+        r = outcome.recorded
+        print(f"run store: {r['trials']} trials, {r['reports']} with reports, in {r['uri']} "
+              f"(list them: xai-lab runs --experiment sweep/{cfg.name})")
     if outcome.interrupted:
         raise stop.interrupted(resume)
     print(f"report: {outcome.index_html}")

@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from sweeps.leaderboard import read_leaderboard, report_scores  # noqa: E402
+from sweeps.leaderboard import read_leaderboard  # noqa: E402
 from xai_lab.atomic import atomic_write_json, atomic_write_with  # noqa: E402
 from xai_lab.config import flatten, read_yaml  # noqa: E402
 from xai_lab.data.dataset import Dataset, load_dataset  # noqa: E402
@@ -48,6 +48,7 @@ from xai_lab.explain.class_means import ClassMeans  # noqa: E402
 from xai_lab.explain.run import check_methods, explain_settings  # noqa: E402
 from xai_lab.plots import save_figure  # noqa: E402
 from xai_lab.runs import new_run_id, resolve_run_dir, train_log_rows  # noqa: E402
+from xai_lab.scores import report_scores  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +378,7 @@ def write_agreement(out: Path, runs: dict[str, LoadedRun], datasets: dict[str, D
 
 def run_row(c: ComparedRun, report_dir: Path) -> dict:
     """The leaderboard row of a compared run: what its ``train_log.jsonl`` says of its training, and its report's
-    scores (``sweeps.leaderboard.report_scores``)."""
+    scores (``xai_lab.scores.report_scores``)."""
     train_log = c.run.run_dir / "train_log.jsonl"
     log_rows = [row for _, row in train_log_rows(train_log)] if train_log.is_file() else []
     f1 = [r["val_macro_f1"] for r in log_rows if r.get("val_macro_f1") == r.get("val_macro_f1")]  # NaN: no val

@@ -38,6 +38,7 @@ from xai_lab.config import (
     SMOKE_PER_CLASS,
     ExperimentConfig,
     ModelConfig,
+    StoreConfig,
     apply_overrides,
     build_dataclass,
     from_dict,
@@ -149,6 +150,7 @@ class SweepConfig:
     # trial may be stopped) and at its last epoch (the fan-out's best.pt). 0: only those.
     checkpoint_every: int = field(default=0, metadata={"min": 0})
     storage: str = "ray_results"  # a folder (local or NFS) or a URI (s3://bucket/prefix)
+    store: StoreConfig = field(default_factory=StoreConfig)  # the run store the driver records the sweep in
 
 
 SMOKE_SWEEP = [

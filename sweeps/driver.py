@@ -394,6 +394,7 @@ class SweepOutcome:
     interrupted: bool
     leaderboard: Path
     index_html: Path | None = None
+    recorded: dict | None = None  # trials and reports recorded in the run store, and its URI; None: not recorded
 
 
 def run_sweep(
@@ -469,10 +470,25 @@ def _run_locked(cfg, paths, *, resume, top, trainable, verbose, progress, autosc
     leaderboard = write_leaderboard(frames, paths.results / "leaderboard.csv")
     outcome = SweepOutcome(paths=paths, interrupted=interrupted, leaderboard=leaderboard)
     if interrupted:
+        outcome.recorded = record_in_store(cfg, paths.results, finished=False)
         return outcome
     run_fanout(cfg, paths.results, bases, datasets, top_k, progress=progress)
     if len(bases) > 1:
         run_transfer(cfg, paths.results, datasets, progress=progress)
     write_comparison(paths.results)
     outcome.index_html = build_report(paths.results, top=top_k)
+    outcome.recorded = record_in_store(cfg, paths.results, finished=True)
     return outcome
+
+
+def record_in_store(cfg: SweepConfig, results: Path, finished: bool) -> dict | None:
+    """The sweep, its trials and their reports in the run store (:func:`xai_lab.store.record_sweep`), written here
+    in the driver, one record after another, once the trials are done: trials that finish together never race
+    for the store. A store that does not answer is one warning; ``xai-lab runs --sync`` records it later."""
+    from xai_lab import store
+
+    def write(s: store.Store) -> dict:
+        counts = store.record_sweep(s, results, finished=finished)
+        return {**counts, "uri": store.shown(s.uri)}
+
+    return store.record(cfg.store, f"sweep {cfg.name}", write, results)

@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = (ROOT / ".." / "shared" / "datasets").resolve()
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# No test writes to the project's run store (mlflow.db): the store's own tests name theirs (tests/test_store.py).
+os.environ["XAI_LAB_STORE"] = "none"
 
 
 def cli_env(**extra: str) -> dict:

@@ -42,9 +42,10 @@ def results(tmp_path_factory) -> Path:
     from sweeps.compare import write_comparison
     from sweeps.config import load_sweep, sweep_to_dict
     from sweeps.fanout import ReportJob, report_trial
-    from sweeps.leaderboard import report_scores, write_leaderboard
+    from sweeps.leaderboard import write_leaderboard
     from xai_lab.data.dataset import load_dataset
     from xai_lab.experiment import load_experiment
+    from xai_lab.scores import report_scores
     from xai_lab.train import fit
 
     work = tmp_path_factory.mktemp("escaping")

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from xai_lab import store
 from xai_lab.config import (
     RESUME_OVERRIDES,
     SMOKE_EVAL_IMAGES,
@@ -124,6 +125,7 @@ def cmd_cv(args: argparse.Namespace) -> None:
         except ValueError:
             raise UserError(f"--only must list fold numbers like 0,1,2, got {args.only!r}") from None
     result = cross_validate(cfg, only)
+    _record(cfg, "the cross-validation", lambda s: store.record_cv(s, Path(result["cv_dir"])), result["cv_dir"])
     acc, f1 = result["test_accuracy"], result["test_macro_f1"]
     print(
         f"{len(result['folds_run'])} of {result['folds']} folds: "
@@ -133,13 +135,16 @@ def cmd_cv(args: argparse.Namespace) -> None:
     print(f"-> {result['report_dir']}/cv_summary.json")
 
 
-def resume_run(args: argparse.Namespace) -> dict:
+def resume_run(args: argparse.Namespace) -> tuple:
     """``train --resume RUN_DIR``: continue a stopped run in its own folder from its ``last.pt``.
 
     The run's saved ``config.yaml`` is used as it is, but for the overrides in :data:`RESUME_OVERRIDES`.
     Model, EMA, optimizer, schedule, best epoch so far and the batch/augmentation/mixing generator
     come from ``last.pt``, so on the same kind of device the run ends as it would have without the
     stop. Rows of ``train_log.jsonl`` after the checkpoint's epoch (and a torn last line) are dropped first.
+
+    Returns:
+        The config it ran with and :func:`xai_lab.train.fit`'s summary.
 
     Raises:
         UserError: no such run folder, no ``last.pt`` or an unreadable one, a run that already
@@ -187,7 +192,7 @@ def resume_run(args: argparse.Namespace) -> dict:
     dropped = trim_train_log(run_dir, epoch)
     log.info("resuming %s after epoch %d of %d%s", run_dir, epoch, cfg.train.epochs,
              f" (dropped {dropped} train_log.jsonl rows logged after it)" if dropped else "")
-    return fit(cfg, run_dir=run_dir, resume_from=last)
+    return cfg, fit(cfg, run_dir=run_dir, resume_from=last)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -196,10 +201,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not args.config and not args.resume:  # argparse's words, as for the other verbs' --config
         raise UserError("the following arguments are required: --config (or --resume RUN_DIR to continue a run)")
     if args.resume:
-        summary = resume_run(args)
+        cfg, summary = resume_run(args)
     else:
-        summary = fit(load_config(args))
+        cfg = load_config(args)
+        summary = fit(cfg)
     run_dir = summary["run_dir"]
+    _record(cfg, "the run", lambda s: store.record_training(s, Path(run_dir)), run_dir)
     print(f"run: {run_dir}")
     print(f"best val macro-F1 {summary['best_val_macro_f1']:.4f} at epoch {summary['best_epoch']}; "
           f"next: xai-lab evaluate --run-dir {run_dir}")
@@ -220,12 +227,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
               f"{', '.join(summary['data_only_classes']) or 'no other class'}; model-only classes: "
               f"{', '.join(summary['model_only_classes']) or 'none'})")
         out = Path(args.out) if args.out else _report(run_dir, None) / f"cross_{summary['dataset']}"
+        _record(cfg, "the evaluation", lambda s: store.record_cross(s, run_dir, summary, out), run_dir)
         print(f"-> {out}/test_summary.json")
         return
     run_dir, cfg = load_run_config(args)
     dataset = load_dataset(cfg.data, progress=cfg.run.progress)
     summary = evaluate_run(run_dir, args.out, dataset=dataset, split=args.split, device=cfg.run.device,
                            max_images=SMOKE_EVAL_IMAGES if args.smoke else None)
+    report = _report(run_dir, args.out)
+    _record(cfg, "the evaluation", lambda s: store.record_training(s, run_dir, report), run_dir)
     print(f"{args.split}: accuracy {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f} "
           f"(n={summary['n']}) -> {_report(run_dir, args.out)}/test_summary.json")
 
@@ -248,6 +258,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     result = explain_run(run_dir, args.out, split=args.split, num_each=args.num_each, methods=methods,
                          dataset=dataset, device=cfg.run.device, explain_config=cfg.explain)
     report = _report(run_dir, args.out)
+    _record(cfg, "the explanations", lambda s: store.record_training(s, run_dir, report), run_dir)
     print(f"wrote {sum(map(len, result.values()))} explanations to {report}/xai/")
     for method, entry in result.metrics.items():
         def baselines(k: str, e: dict = entry) -> str:
@@ -292,6 +303,64 @@ def cmd_compare(args: argparse.Namespace) -> None:
                          smoke=args.smoke, progress=not args.quiet)
     print(f"comparison: {index.parent}")
     print(f"report: {index.resolve()}")
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    """``xai-lab runs [--filter EXPR] [--sort KEY] [--columns a,b] [--csv]`` or ``xai-lab runs --sync PATH...``."""
+    import pandas as pd
+
+    found = store.open_store(args.store or "")
+    if found is None:
+        raise UserError("the run store is off (store.uri / XAI_LAB_STORE is none); pass --store URI")
+    if args.sync:
+        counts = store.sync(found, args.sync)
+        new = len(found.created)
+        print(f"store {store.shown(found.uri)}: {counts['runs']} runs, {counts['cv']} cross-validations, "
+              f"{counts['sweeps']} sweeps ({counts['trials']} trials) found; {new} new records, the rest already "
+              "there (updated with what was new)")
+        return
+    table = store.search(found, args.filter or "", args.sort, args.experiment, args.max)
+    if table.empty:
+        print(f"no runs in {store.shown(found.uri)}" + (f" match {args.filter!r}" if args.filter else ""),
+              file=sys.stderr)
+        return
+    columns = _run_columns(table, args.columns)
+    view = table[columns].rename(columns=lambda c: c.split(".", 1)[1] if c.startswith(_PREFIXES) else c)
+    if args.csv:
+        view.to_csv(sys.stdout, index=False)
+    else:
+        with pd.option_context("display.max_colwidth", 80, "display.width", 250,
+                               "display.float_format", "{:.4f}".format):
+            print(view.astype(object).where(view.notna(), "").to_string(index=False))
+
+
+_PREFIXES = ("params.", "metrics.", "tags.")
+# xai-lab runs' default columns (those some run has); every metric named <method>.pointing_game joins them
+RUN_COLUMNS = ("start", "experiment", "run", "tags.xai_lab.kind", "tags.xai_lab.dataset", "params.model.name",
+               "status", "metrics.best_val_macro_f1", "metrics.test_accuracy", "metrics.test_macro_f1")
+
+
+def _run_columns(table, asked: str | None) -> list[str]:
+    """The columns ``--columns`` names (a short name is looked up as a metric, a param, a tag, an ``xai_lab.`` tag,
+    in that order), or
+    the default ones with every ``<method>.pointing_game`` and the report folder."""
+    if not asked:
+        pointing = [c for c in table.columns if c.startswith("metrics.") and c.endswith(".pointing_game")]
+        return [c for c in (*RUN_COLUMNS, *pointing, "tags.xai_lab.report_dir") if c in table.columns]
+    columns = []
+    for name in (c.strip() for c in asked.split(",") if c.strip()):
+        match = next((c for c in (name, f"metrics.{name}", f"params.{name}", f"tags.{name}", f"tags.xai_lab.{name}")
+                      if c in table.columns), None)
+        if match is None:
+            raise UserError(f"--columns: no run has {name!r}; columns are run, experiment, status, start, run_id "
+                            "and params.*, metrics.*, tags.* (e.g. metrics.test_accuracy, params.model.depth)")
+        columns.append(match)
+    return columns
+
+
+def _record(cfg, what: str, fn: Callable, sync: str | Path) -> None:
+    """Record in the run store (:mod:`xai_lab.store`): a store that does not answer is one warning, not a failure."""
+    store.record(cfg.store, what, fn, sync)
 
 
 def _report(run_dir: Path, out: str | None) -> Path:
@@ -384,6 +453,24 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("overrides", nargs="*", metavar="key=value",
                     help="explain.*, run.device, run.progress, train.eval_batch_size, train.amp")
     cp.set_defaults(func=cmd_compare)
+    rs = sub.add_parser("runs", help="list and filter the run store, or record folders made while it was off",
+                        description="every run, cross-validation, evaluation, explanation and sweep trial "
+                        "recorded in the run store (MLflow tracking; docs/store.md)")
+    rs.add_argument("--store", default=None, metavar="URI",
+                    help="the store (default: $XAI_LAB_STORE, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    rs.add_argument("--filter", default=None, metavar="EXPR",
+                    help="MLflow search syntax, e.g. \"params.data.name = 'ckplus' and metrics.test_accuracy > 0.9\"")
+    rs.add_argument("--sort", action="append", default=None, metavar="KEY",
+                    help="e.g. 'metrics.test_accuracy DESC' (repeatable; default: newest first)")
+    rs.add_argument("--columns", default=None, help="comma-separated, e.g. run,params.model.depth,test_accuracy")
+    rs.add_argument("--experiment", action="append", default=None, metavar="NAME",
+                    help="only this experiment (an experiment name, or sweep/<sweep name>; repeatable)")
+    rs.add_argument("--max", type=_non_negative, default=1000, help="at most this many runs (default 1000)")
+    rs.add_argument("--csv", action="store_true", help="CSV on stdout")
+    rs.add_argument("--sync", nargs="+", default=None, metavar="PATH",
+                    help="record the runs, cross-validations and sweeps under PATH (artifacts, ray_results/<sweep>, "
+                    "a run folder) that are not in the store yet")
+    rs.set_defaults(func=cmd_runs)
     return parser
 
 

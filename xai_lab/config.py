@@ -259,6 +259,16 @@ class ExplainConfig:
 
 
 @dataclass
+class StoreConfig:
+    """Where runs are recorded (:mod:`xai_lab.store`, MLflow tracking); see docs/store.md."""
+
+    # "": $XAI_LAB_STORE, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder;
+    # postgresql://user@host/db, http://mlflow-server:5000, ...; none: record nothing
+    uri: str = ""
+    artifacts: bool = True  # copy the reports' figures and JSON into the store (false: their paths only)
+
+
+@dataclass
 class ExperimentConfig:
     """One experiment: every section, fully resolved."""
 
@@ -268,6 +278,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(ExperimentConfig))
@@ -504,9 +515,9 @@ SMOKE_PER_CLASS = 12
 SMOKE_EVAL_IMAGES = 64
 # The overrides train --resume takes: none changes what the run computes on the same kind of device
 # (on another kind, e.g. cpu -> cuda, the run continues with fresh random draws and other rounding).
-RESUME_OVERRIDES = ("run.device", "run.progress", "run.tensorboard")
+RESUME_OVERRIDES = ("run.device", "run.progress", "run.tensorboard", "store.uri", "store.artifacts")
 # The overrides evaluate, plots and explain take on a trained run (key prefixes): none changes the model.
-TRAINED_RUN_OVERRIDES = ("run.", "explain.", "data.", "train.eval_batch_size", "train.amp")
+TRAINED_RUN_OVERRIDES = ("run.", "explain.", "data.", "store.", "train.eval_batch_size", "train.amp")
 
 
 def read_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:

@@ -5,6 +5,7 @@ of docs/comparison.md from a finished ``xai-lab compare`` folder.
     python docs/screenshots.py                       # runs configs/sweeps/quickstart.yaml (about 5 min on 2 CPUs)
     python docs/screenshots.py --sweep ray_results/X  # TensorBoard and the report of a finished sweep only
     python docs/screenshots.py --comparison artifacts/comparisons/X   # docs/figures/comparison_*.png
+    python docs/screenshots.py --store ray_results/X  # mlflow ui on the sweep's records (docs/store.md)
 
 Needs headless Chromium (``chromium`` or ``chromium-browser``; ``make chromium`` installs it). The Ray
 dashboard asks for a sign-in token; the screenshot goes through a small local proxy that adds the token
@@ -170,15 +171,53 @@ def comparison_figures(folder: Path) -> None:
         print(f"wrote {out.relative_to(ROOT)}")
 
 
+def store_figures(sweep: Path) -> None:
+    """docs/store.md's figures: ``mlflow ui`` on a store holding the sweep (recorded afresh into a throwaway
+    SQLite store, as ``xai-lab runs --sync`` records it): the sweep's runs table, and one reported trial's
+    explanation gallery among its artifacts."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT))
+    from xai_lab.store import Store, search, sync
+
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        store = Store(uri)
+        sync(store, [sweep])
+        runs = search(store)
+        exp_id = store.client.get_experiment_by_name(runs["experiment"].iloc[0]).experiment_id
+        reported = runs[runs.get("tags.xai_lab.rank", "") == "1"].iloc[0]
+        gallery = next(a.path for a in store.client.list_artifacts(reported["run_id"], "report/xai")
+                       if a.path.endswith("comparison_high_conf.png"))
+        port = free_port()
+        ui = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health")
+            base = f"http://127.0.0.1:{port}/#/experiments/{exp_id}"
+            screenshot(f"{base}/runs?compareRunsMode=CHART", FIGURES / "store_mlflow_sweep.png", size="2000,1100",
+                       wait_ms=20000)
+            screenshot(f"{base}/runs/{reported['run_id']}/artifacts/{gallery}", FIGURES / "store_mlflow_artifacts.png",
+                       size="1600,1000", wait_ms=15000)
+        finally:
+            ui.terminate()
+            ui.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/sweeps/quickstart.yaml")
     parser.add_argument("--sweep", type=Path, help="a finished sweep folder: skip the run and the dashboard")
     parser.add_argument("--comparison", type=Path, help="a finished xai-lab compare folder: its figures only")
+    parser.add_argument("--store", type=Path, metavar="SWEEP", help="a finished sweep folder: mlflow ui on it only")
     args = parser.parse_args()
     FIGURES.mkdir(parents=True, exist_ok=True)
     if args.comparison:
         comparison_figures(args.comparison)
+        return
+    if args.store:
+        store_figures(args.store.resolve())
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     sweep = args.sweep or run_sweep_with_dashboard(args.config, f"screenshots-{time.strftime('%Y%m%d-%H%M%S')}")

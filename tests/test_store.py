@@ -213,7 +213,7 @@ store: {{uri: "{uri}"}}
 @pytest.mark.postgres
 def test_a_sweep_of_four_concurrent_trials_on_postgres(postgres_server, tmp_path, monkeypatch):
     """A sweep whose four trials run at once on a 2-CPU Ray, recorded in PostgreSQL: every trial with its config,
-    curves and status under the sweep's run, the reported one with its scores and files; the experiment names
+    curves and status beside the sweep's run, the reported one with its scores and files; the experiment names
     its Optuna study. Then the same folder synced into an empty store adds each record once."""
     import ray
 
@@ -253,7 +253,11 @@ def test_a_sweep_of_four_concurrent_trials_on_postgres(postgres_server, tmp_path
         assert float(row["params.train.lr"]) == pytest.approx(
             trials.set_index("trial_id").loc[row["tags.xai_lab.trial_id"], "train.lr"])
         assert len(store.client.get_metric_history(row["run_id"], "val_macro_f1")) == 2
-        assert store.client.get_run(row["run_id"]).data.tags["mlflow.parentRunId"] == parent["run_id"]
+        assert row["tags.xai_lab.sweep"] == "pg"
+        info = store.client.get_run(row["run_id"]).info  # when the trial ran, not when it was recorded
+        last = json.loads((Path(row["tags.xai_lab.trial_dir"]) / "result.json").read_text().splitlines()[-1])
+        assert info.end_time == pytest.approx(last["timestamp"] * 1000, abs=1)
+        assert info.end_time - info.start_time == pytest.approx(last["time_total_s"] * 1000, abs=1500)
     best = recorded[recorded["tags.xai_lab.rank"] == "1"].iloc[0]
     assert 0 <= best["metrics.test_accuracy"] <= 1 and pd.notna(best["metrics.saliency.insertion_auc"])
     assert "report/xai/metrics.json" in [a.path for a in store.client.list_artifacts(best["run_id"], "report/xai")]

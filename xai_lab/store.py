@@ -18,10 +18,11 @@ What a record holds:
   trial, and ``mlflow.source.git.commit`` when the code is a git checkout;
 * artifacts (``store.artifacts``): config.yaml, train_summary.json and the report folder (figures, JSON, tables).
 
-Single runs and cross-validations go into the MLflow experiment named after the experiment (``run.name``);
-a sweep into ``sweep/<name>``, its trials as children of the sweep's own run, the experiment tagged with its
-Optuna studies. Only the process that ran the work writes (a verb, or a sweep's driver after its trials and
-reports): trials never write, so any number finishing at once cannot race for the store.
+Single runs and cross-validations go into the MLflow experiment named after the experiment (``run.name``),
+a cross-validation's folds as children of its run; a sweep into ``sweep/<name>``: the sweep's own run and one
+run per trial beside it, the experiment tagged with its Optuna studies. Only the process that ran the work
+writes (a verb, or a sweep's driver after its trials and reports): trials never write, so any number
+finishing at once cannot race for the store.
 
 The store never costs a result: :func:`record` turns any failure into one warning line.
 """
@@ -106,6 +107,8 @@ class Store:
         from mlflow.exceptions import MlflowException
 
         found = self._call(self.client.get_experiment_by_name, name)
+        # mlflow ui shows the experiment as model training (runs, params, metrics), not as GenAI traces
+        tags = {"mlflow.experimentKind": "custom_model_development", **(tags or {})}
         if found is None:
             try:
                 exp_id = self._call(self.client.create_experiment, name, self._artifact_location(name))
@@ -117,8 +120,9 @@ class Store:
             exp_id = found.experiment_id
             if found.lifecycle_stage == "deleted":
                 self._call(self.client.restore_experiment, exp_id)
-        for key, value in (tags or {}).items():
-            self._call(self.client.set_experiment_tag, exp_id, key, value)
+        for key, value in tags.items():
+            if found is None or found.tags.get(key) != value:
+                self._call(self.client.set_experiment_tag, exp_id, key, value)
         self._experiments[name] = exp_id
         return exp_id
 
@@ -136,8 +140,10 @@ class Store:
                           max_results=2)
         return runs[0] if runs else None
 
-    def upsert(self, exp_id: str, record_id: str, name: str, tags: dict[str, str], parent: str | None = None):
-        """The run of ``record_id`` (created if missing, its tags updated); returns the MLflow ``Run``."""
+    def upsert(self, exp_id: str, record_id: str, name: str, tags: dict[str, str], parent: str | None = None,
+               start: float | None = None):
+        """The run of ``record_id`` (created if missing, its tags updated; ``start``: when the work began, in
+        seconds since the epoch); returns the MLflow ``Run``."""
         run = self.find(exp_id, record_id)
         tags = {**tags, ID_TAG: record_id, KEY_TAG: _digest(record_id)}
         if self._commit:
@@ -145,7 +151,8 @@ class Store:
         if parent:
             tags["mlflow.parentRunId"] = parent
         if run is None:
-            run = self._call(self.client.create_run, exp_id, tags=tags, run_name=name)
+            run = self._call(self.client.create_run, exp_id, tags=tags, run_name=name,
+                             start_time=int(start * 1000) if start else None)
             self.created.append(record_id)
         else:
             changed = {k: v for k, v in tags.items() if run.data.tags.get(k) != v}
@@ -168,13 +175,15 @@ class Store:
         for i in range(0, len(ts), 100):
             self._call(self.client.log_batch, run_id, tags=ts[i:i + 100])
 
-    def finish(self, run, status: str) -> None:
-        """Set the MLflow status (FINISHED, FAILED, KILLED, RUNNING) when it changed."""
-        if run.info.status != status:
+    def finish(self, run, status: str, end: float | None = None) -> None:
+        """Set the MLflow status (FINISHED, FAILED, KILLED, RUNNING) and end time (seconds since the epoch)
+        when they changed."""
+        end_ms = int(end * 1000) if end else None
+        if run.info.status != status or (end_ms and run.info.end_time != end_ms):
             if status == "RUNNING":
                 self._call(self.client.update_run, run.info.run_id, status)
             else:
-                self._call(self.client.set_terminated, run.info.run_id, status)
+                self._call(self.client.set_terminated, run.info.run_id, status, end_ms)
 
     def _call(self, fn: Callable, *args, **kwargs):
         """``fn``, tried again while SQLite says the database is locked (another process is writing)."""
@@ -227,7 +236,7 @@ def record(store_cfg, what: str, fn: Callable[[Store], Any], sync: str | Path) -
 def record_training(store: Store, run_dir: Path, report_dir: Path | None = None, *, kind: str = "train",
                     experiment: str | None = None, record_id: str | None = None, name: str | None = None,
                     parent: str | None = None, tags: dict[str, str] | None = None,
-                    status: str | None = None) -> str:
+                    status: str | None = None, times: tuple[float | None, float | None] | None = None) -> str:
     """Record a trained run folder (``config.yaml``, ``train_log.jsonl``, ``train_summary.json``) and its report
     folder when one is given and exists. Returns the MLflow run id."""
     from xai_lab.runs import train_log_rows
@@ -246,7 +255,8 @@ def record_training(store: Store, run_dir: Path, report_dir: Path | None = None,
     if (run_dir / "best.pt").is_file():
         base_tags["xai_lab.checkpoint"] = str(run_dir / "best.pt")
     exp_id = store.experiment(exp_name)
-    run = store.upsert(exp_id, record_id, name or rel.split("/", 1)[-1], base_tags, parent)
+    start, end = times or _times(run_dir)
+    run = store.upsert(exp_id, record_id, name or rel.split("/", 1)[-1], base_tags, parent, start)
     run_id = run.info.run_id
     if not run.data.params and config:
         store.log(run_id, params=config_params(config))
@@ -265,7 +275,7 @@ def record_training(store: Store, run_dir: Path, report_dir: Path | None = None,
             _mark(store, run, {"train_summary.json": sig})
     if report_dir is not None and Path(report_dir).is_dir():
         record_report(store, run, Path(report_dir))
-    store.finish(run, state)
+    store.finish(run, state, end if state != "RUNNING" else None)
     return run_id
 
 
@@ -323,7 +333,8 @@ def record_cv(store: Store, cv_dir: Path) -> str:
             "xai_lab.status": "finished" if finished else "stopped"}
     if result:
         tags["xai_lab.report_dir"] = str(report_dir)
-    parent = store.upsert(exp_id, f"cv:{rel}", rel.split("/", 1)[-1], tags)
+    start, end = _times(cv_dir, report_dir / "cv_summary.json")
+    parent = store.upsert(exp_id, f"cv:{rel}", rel.split("/", 1)[-1], tags, start=start)
     if not parent.data.params and config:
         store.log(parent.info.run_id, params=config_params(config))
     for fold in folds:
@@ -340,16 +351,19 @@ def record_cv(store: Store, cv_dir: Path) -> str:
         _upload(store, parent.info.run_id, [report_dir / "cv_summary.json", report_dir / "cv_folds.csv",
                                             cv_dir / "config.yaml"], "cv")
         _mark(store, parent, {"cv_summary.json": sig})
-    store.finish(parent, "FINISHED" if finished else "KILLED")
+    store.finish(parent, "FINISHED" if finished else "KILLED", end)
     return parent.info.run_id
 
 
+# a trial's leaderboard.csv columns recorded as metrics (its checkpoint holds no train_summary.json)
+TRIAL_METRICS = ("score", "best_val_macro_f1", "best_epoch", "epochs_run", "wall_seconds", "images_per_second",
+                 "failures")
 SWEEP_FILES = ("sweep.yaml", "leaderboard.csv", "comparison.csv", "comparison.png", "transfer.csv", "transfer.png",
                "regions.csv", "index.html")
 
 
 def record_sweep(store: Store, results: Path, finished: bool | None = None) -> dict[str, int]:
-    """A sweep's results folder: the sweep's own run (its leaderboard, comparison and report), one child run per
+    """A sweep's results folder: the sweep's own run (its leaderboard, comparison and report), one run per
     trial of ``leaderboard.csv`` (config, curves, status, Optuna study; its fan-out report when it has one), in
     the experiment ``sweep/<name>`` tagged with the Optuna storage and studies. ``finished``: whether the
     driver got to the end (default: index.html exists). Returns ``{"trials": n, "reports": n}`` recorded."""
@@ -370,10 +384,13 @@ def record_sweep(store: Store, results: Path, finished: bool | None = None) -> d
         "optuna.storage": shown(optuna_url), "optuna.studies": ", ".join(studies), "xai_lab.sweep_dir": str(results),
         "mlflow.note.content": f"Sweep {name} ({results}): {len(board)} trials over {', '.join(datasets) or '-'}; "
                                f"Optuna studies {', '.join(studies) or '-'} in {shown(optuna_url)}"})
-    parent = store.upsert(exp_id, f"sweep:{name}", name, {
+    start, end = _times(results, results / "index.html" if finished else board_path)
+    parent = store.upsert(exp_id, f"sweep:{name}", name, start=start, tags={
         "xai_lab.kind": "sweep", "xai_lab.sweep": name, "xai_lab.run_dir": str(results),
         "xai_lab.report_dir": str(results / "index.html") if finished else "",
         "xai_lab.status": "finished" if finished else "stopped", "optuna.studies": ", ".join(studies)})
+    # the trials sit beside the sweep's run in its experiment (tag xai_lab.sweep), not under it: mlflow ui
+    # lists them with their params and metrics without a row to expand first
     if not parent.data.params:
         store.log(parent.info.run_id, params={k: v for k, v in flatten(sweep).items()
                                               if not k.startswith(("store.", "space.")) and not isinstance(v, list)})
@@ -386,16 +403,17 @@ def record_sweep(store: Store, results: Path, finished: bool | None = None) -> d
                 "xai_lab.rank": row.get("rank", ""), "xai_lab.trial_dir": row.get("trial_dir", ""),
                 "xai_lab.dataset": dataset, "xai_lab.status": row.get("status", "")}
         state = STATUS.get(row.get("status", ""), "FINISHED" if finished else "KILLED")
+        rows = _result_rows(Path(row.get("trial_dir") or "/nonexistent") / "result.json")
+        times = (rows[0]["timestamp"] - rows[0].get("time_this_iter_s", 0), rows[-1]["timestamp"]) if rows else None
         common = dict(kind="trial", experiment=f"sweep/{name}", record_id=f"trial:{name}/{dataset}/{trial}",
-                      name=f"{dataset}/{trial}", parent=parent.info.run_id, status=state,
+                      name=f"{dataset}/{trial}", status=state, times=times,
                       tags={k: v for k, v in tags.items() if v != ""})
         if ckpt is not None and (ckpt / "config.yaml").is_file():
             run_id = record_training(store, ckpt, report, **common)
-        else:  # no checkpoint (an error before the first): the sampled values and what Tune logged
-            run_id = _record_bare_trial(store, exp_id, row, sweep, **common)
+        else:
+            run_id = _record_bare_trial(store, exp_id, row, sweep, rows, **common)
         run = store.client.get_run(run_id)
-        store.log(run_id, metrics=[(k, float(row[k]), 0) for k in ("score", "wall_seconds", "failures")
-                                   if _number(row.get(k))])
+        store.log(run_id, metrics=[(k, float(row[k]), 0) for k in TRIAL_METRICS if _number(row.get(k))])
         counts["trials"] += 1
         counts["reports"] += bool(run.data.tags.get("xai_lab.report_dir"))
     sigs = {f: _signature(results / f) for f in SWEEP_FILES if (results / f).is_file()}
@@ -404,27 +422,37 @@ def record_sweep(store: Store, results: Path, finished: bool | None = None) -> d
         for png in sorted(results.glob("*.png")):
             _upload(store, parent.info.run_id, [png], "sweep")
         _mark(store, parent, sigs)
-    store.finish(parent, "FINISHED" if finished else "KILLED")
+    store.finish(parent, "FINISHED" if finished else "KILLED", end)
     return counts
 
 
-def _record_bare_trial(store: Store, exp_id: str, row: dict, sweep: dict, *, record_id: str, name: str,
-                       parent: str, status: str, tags: dict, **_) -> str:
+def _record_bare_trial(store: Store, exp_id: str, row: dict, sweep: dict, rows: list[dict], *, record_id: str,
+                       name: str, status: str, tags: dict, times: tuple | None, **_) -> str:
+    """A trial without a checkpoint (it failed before its first): the sampled values and what Tune logged."""
     space = [k for k in (sweep.get("space") or {}) if row.get(k, "") != ""]
-    run = store.upsert(exp_id, record_id, name, {"xai_lab.kind": "trial", **tags}, parent)
+    run = store.upsert(exp_id, record_id, name, {"xai_lab.kind": "trial", **tags}, start=times and times[0])
     if not run.data.params:
         store.log(run.info.run_id, params={k: row[k] for k in space})
-    trial_dir = Path(row.get("trial_dir") or "/nonexistent")
-    rows = []
-    if (trial_dir / "result.json").is_file():
-        for line in (trial_dir / "result.json").read_text(errors="replace").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    _log_epochs(store, run, [r for r in rows if isinstance(r, dict) and isinstance(r.get("epoch"), int)])
-    store.finish(run, status)
+    _log_epochs(store, run, rows)
+    store.finish(run, status, times and times[1])
     return run.info.run_id
+
+
+def _result_rows(path: Path) -> list[dict]:
+    """The epochs of a trial's ``result.json`` (Tune's log, one JSON object per reported epoch)."""
+    rows = []
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and _number(row.get("timestamp")):
+            rows.append(row)
+    return rows
 
 
 # --- sync: what was made while the store was off ----------------------------------------------------------
@@ -550,6 +578,21 @@ def _log_epochs(store: Store, run, rows: list[dict]) -> None:
     metrics = [(k, v, r["epoch"]) for r in new for k, v in r.items()
                if k not in TUNE_KEYS and k != "epoch" and _number(v)]
     store.log(run.info.run_id, metrics=metrics, tags={EPOCHS_TAG: str(max(r["epoch"] for r in new))})
+
+
+def _times(folder: Path, last: Path | None = None) -> tuple[float | None, float | None]:
+    """When the work of a folder began and ended (seconds since the epoch): its config.yaml was written first,
+    ``last`` (or train_summary.json, else train_log.jsonl) last."""
+    def mtime(p: Path) -> float | None:
+        try:
+            return p.stat().st_mtime
+        except OSError:
+            return None
+
+    start = mtime(folder / "config.yaml") or mtime(folder / "sweep.yaml")
+    ends = [mtime(p) for p in (last, folder / "train_summary.json", folder / "train_log.jsonl") if p is not None]
+    end = next((e for e in ends if e is not None), None)
+    return start, end
 
 
 def _files_done(run) -> dict[str, str]:

@@ -167,7 +167,7 @@ class Store:
         now = int(time.time() * 1000)
         ps = [Param(k, _param_value(v)) for k, v in (params or {}).items()]
         ms = [Metric(k, float(v), now, int(s)) for k, v, s in metrics if _finite(v)]
-        ts = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
+        ts = [RunTag(k, str(v)[:8000]) for k, v in (tags or {}).items()]
         for i in range(0, len(ps), 100):
             self._call(self.client.log_batch, run_id, params=ps[i:i + 100])
         for i in range(0, len(ms), 1000):
@@ -284,9 +284,10 @@ def record_report(store: Store, run, report_dir: Path) -> bool:
     shares) and files on ``run``, when they changed since last recorded. Returns whether anything was."""
     report_dir = Path(report_dir).resolve()
     sources = {name: report_dir / name for name in ("test_summary.json", "xai/metrics.json")}
-    sigs = {f"{report_dir}:{name}": _signature(p) for name, p in sources.items() if p.is_file()}
+    sigs = {f"report/{name}": _signature(p) for name, p in sources.items() if p.is_file()}
     done = _files_done(run)
-    if not sigs or all(done.get(k) == v for k, v in sigs.items()):
+    same_folder = run.data.tags.get("xai_lab.report_dir") == str(report_dir)
+    if not sigs or (same_folder and all(done.get(k) == v for k, v in sigs.items())):
         return False
     scores = report_scores(report_dir)
     summary = _read_json(report_dir / "test_summary.json")
@@ -298,6 +299,7 @@ def record_report(store: Store, run, report_dir: Path) -> bool:
         if isinstance(entry, dict) and "f1" in entry:
             metrics.append((f"{prefix}_f1.{_metric_name(cls)}", entry["f1"], 0))
     store.log(run.info.run_id, metrics=metrics, tags={"xai_lab.report_dir": str(report_dir)})
+    run.data.tags["xai_lab.report_dir"] = str(report_dir)
     if store.artifacts:
         store.client.log_artifacts(run.info.run_id, str(report_dir), "report")
     _mark(store, run, sigs)

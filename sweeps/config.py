@@ -189,7 +189,15 @@ def load_sweep(
 
     Returns:
         The checked :class:`SweepConfig`; experiment paths are resolved, the name defaults to the file stem.
+        With ``smoke`` the sweep as written (and overridden) is checked whole first, then narrowed: a key the
+        smoke settings replace (``search.num_samples: 0``) is refused as the real run would refuse it.
     """
+    if smoke:
+        _load_sweep(path, overrides, smoke=False)
+    return _load_sweep(path, overrides, smoke)
+
+
+def _load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...], smoke: bool) -> SweepConfig:
     path = Path(path)
     raw = read_yaml(path)
     keys = ", ".join(f.name for f in dataclasses.fields(SweepConfig))

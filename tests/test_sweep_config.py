@@ -126,6 +126,34 @@ def test_bad_sweeps_name_the_key(tmp_path, monkeypatch, space, extra, pattern):
         load_sweep(_sweep(tmp_path, space, extra))
 
 
+@pytest.mark.parametrize(
+    ("extra", "overrides", "pattern"),
+    [
+        ("search: {num_samples: 0}", [], r"'search.num_samples' must be in \[1, inf\], got 0"),
+        ("scheduler: {max_epochs: 0}", [], r"'scheduler.max_epochs' must be in \[1, inf\], got 0"),
+        ("fanout: {num_each: 0}", [], r"'fanout.num_each' must be in \[1, inf\], got 0"),
+        ("", ["search.max_concurrent=0"], r"'search.max_concurrent' must be in \[1, inf\], got 0"),
+    ],
+)
+def test_smoke_checks_the_sweep_as_written_before_narrowing_it(tmp_path, monkeypatch, extra, overrides, pattern):
+    """--smoke replaces these keys with tiny values; a value the real run refuses is refused under --smoke too."""
+    monkeypatch.chdir(tmp_path)
+    path = _sweep(tmp_path, SPACE, extra)
+    with pytest.raises(UserError, match=pattern):
+        load_sweep(path, overrides, smoke=True)
+    with pytest.raises(UserError, match=pattern):
+        load_sweep(path, overrides)
+
+
+def test_smoke_checks_a_base_experiments_own_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _sweep(tmp_path, SPACE)
+    path.write_text(path.read_text().replace(
+        "experiments: [tiny.yaml]", "experiments: [{config: tiny.yaml, overrides: [train.batch_size=0]}]"))
+    with pytest.raises(UserError, match=r"'train.batch_size' must be in \[1, inf\], got 0"):
+        load_sweep(path, smoke=True)
+
+
 def test_a_sweep_refuses_an_experiment_without_a_validation_split(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = _sweep(tmp_path, SPACE)

@@ -21,6 +21,7 @@ from xai_lab import config as config_mod
 from xai_lab.atomic import atomic_write_with
 from xai_lab.errors import UserError
 from xai_lab.models import FaceNet, build_model
+from xai_lab.safe_load import load_weights
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -111,15 +112,12 @@ def save_run_checkpoint(
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint on the CPU; an unreadable file is a UserError naming it."""
+    """Read a checkpoint on the CPU, tensors and plain values only (:func:`xai_lab.safe_load.load_weights`); an
+    unreadable or unsafe file is a UserError naming it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file, whatever the unpickler says
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"cannot read checkpoint {path}: {why}") from None
+    state = load_weights(path)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"{path} is not an xai-lab checkpoint (no model/config inside)")
     return state

@@ -153,28 +153,29 @@ def pretrained_file(depth: int) -> Path:
 
 
 def _load_pretrained(cfg: ModelConfig, spec: ModelSpec, fn: Callable[..., tvm.ResNet]) -> tvm.ResNet:
+    """ImageNet weights from ``model.pretrained`` (a file) or torchvision's cache, read as tensors only: the
+    cached file is read here rather than by torchvision, whose loader would unpickle anything in it."""
+    from xai_lab.safe_load import load_weights
+
     if isinstance(cfg.pretrained, str):
         path = Path(cfg.pretrained)
         if not path.is_file():
             raise UserError(f"pretrained weights file not found: {path} (config key model.pretrained)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any failure to unpickle is the file's fault
-            raise UserError(f"cannot read pretrained weights {path}: {e}".splitlines()[0]) from None
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        net = fn(weights=None)
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as e:
-            raise UserError(f"{path} does not hold {spec.name} weights: {str(e).splitlines()[0]}") from None
-        return net
-    cached = pretrained_file(spec.depth)
-    if not cached.is_file():
-        raise UserError(
-            f"ImageNet weights for {spec.name} are not cached: download {spec.weights.url} to {cached} "
-            f"(or set model.pretrained to a .pth path, or model.pretrained=false)"
-        )
-    return fn(weights=spec.weights)  # torchvision finds the cached file and checks nothing online
+    else:
+        path = pretrained_file(spec.depth)
+        if not path.is_file():
+            raise UserError(
+                f"ImageNet weights for {spec.name} are not cached: download {spec.weights.url} to {path} "
+                f"(or set model.pretrained to a .pth path, or model.pretrained=false)"
+            )
+    state = load_weights(path, "pretrained weights")
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    net = fn(weights=None)
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise UserError(f"{path} does not hold {spec.name} weights: {str(e).splitlines()[0]}") from None
+    return net
 
 
 def _torchvision_builder(fn: Callable[..., tvm.ResNet]) -> Callable[[ModelConfig, int, int], nn.Module]:

@@ -151,6 +151,7 @@ def start_ray(address: str | None, dashboard: bool, quiet: bool = False, sweep: 
               "job_config": JobConfig(metadata={"xai-lab sweep": sweep} if sweep else {})}
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
+        check_ray_address(address)
         try:
             ray.init(address=address, **common)
         except (ConnectionError, ValueError) as e:
@@ -165,11 +166,52 @@ def start_ray(address: str | None, dashboard: bool, quiet: bool = False, sweep: 
             flush=True,
         )
         return None
-    ctx = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", **common)
+    # "local": a Ray of its own, never the cluster a `ray start` recorded last in Ray's temp folder (which may
+    # have died without `ray stop` and left its address behind, where ray.init() would wait for it for minutes)
+    ctx = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **common)
     if dashboard and ctx.dashboard_url:
         url = ctx.dashboard_url
         return url if url.startswith("http") else f"http://{url}"
     return None
+
+
+GCS_PROBE = "/ray.rpc.NodeInfoGcsService/GetClusterId"  # a call every Ray GCS answers (or refuses unauthenticated)
+
+
+def check_ray_address(address: str, timeout: float = 20.0) -> str:
+    """The GCS address behind ``address`` (``auto``: the cluster ``ray start`` recorded last), once something
+    there answered as Ray's GCS within ``timeout`` seconds; ``ray.init`` itself retries for minutes.
+
+    Raises:
+        UserError: no cluster recorded for ``auto``, nothing answers at the address, or what answers is not Ray.
+    """
+    import grpc
+    from ray._private.services import canonicalize_bootstrap_address
+
+    if address.startswith("ray://"):
+        return address  # Ray Client: its own connection and timeouts
+    try:
+        target = canonicalize_bootstrap_address(address)
+    except (ConnectionError, ValueError) as e:
+        raise UserError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+    if target is None:
+        raise UserError(f"--address {address}: no Ray cluster to connect to (leave --address out for a local one)")
+    via = f" (address {address}: the cluster `ray start` recorded last)" if address == "auto" else ""
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(GCS_PROBE, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        try:
+            call(b"", timeout=timeout)
+        except grpc.RpcError as e:
+            code = e.code()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise UserError(f"no Ray cluster answers at {target}{via} within {timeout:g} s: nothing listens "
+                                "there, or what listens does not speak Ray's protocol (is the cluster up? `ray status "
+                                f"--address {target}`)") from None
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                raise UserError(f"{target}{via} answers, but not as a Ray cluster (pass the head node's GCS port, "
+                                "6379 by default)") from None
+            # anything else (unauthenticated, ...) came from Ray's GCS itself: ray.init says the rest
+    return target
 
 
 def dashboard_sign_in() -> str:

@@ -5,6 +5,7 @@ no node can hold, and two sweeps started at once under one name."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,40 @@ def test_two_sweeps_of_one_name_at_once(folder):
     assert len(lines) == 1 and ("in use by a running sweep" in lines[0] or "already holds a sweep" in lines[0])
     board = pd.read_csv(folder / "ray_results" / "same" / "leaderboard.csv")
     assert len(board) == 2  # one sweep's trials, nothing mixed in
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_address_where_no_ray_answers_is_exit_2_within_a_minute(folder, tmp_path):
+    """Nothing listening, a web server, and ``auto`` after a ``ray start`` cluster died without ``ray stop``
+    (its address left in Ray's temp folder): one line naming the address, not minutes of Ray's retries."""
+    import http.server
+    import tempfile
+    import threading
+    import time
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    dead = f"127.0.0.1:{_free_port()}"
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    (temp / "ray").mkdir()
+    (temp / "ray" / "ray_current_cluster").write_text(dead)
+    try:
+        for address, env, shown in ((dead, {}, dead), (f"127.0.0.1:{web.server_address[1]}", {}, "127.0.0.1"),
+                                    ("auto", {"RAY_TMPDIR": str(temp)}, dead)):
+            t0 = time.monotonic()
+            res = subprocess.run([sys.executable, "-m", "xai_lab", "-q", "sweep", "--config", "s.yaml", "--address",
+                                  address], cwd=folder, env={**LOCAL_ENV, **env}, capture_output=True, text=True,
+                                 timeout=120)
+            line = _one_error_line(res)
+            assert time.monotonic() - t0 < 60 and "no Ray cluster answers at" in line and shown in line, line
+            assert not (folder / "ray_results" / "same" / "sweep.yaml").exists()
+    finally:
+        web.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)

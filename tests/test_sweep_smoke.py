@@ -1,14 +1,18 @@
 """``xai-lab sweep --config configs/sweeps/fer_compare.yaml --smoke`` end to end on real faces: the shipped sweep
 as it is, its data folders (data/raw/{ckplus,fer2013,ferplus}) holding the shared CK+ and the FER2013 and FER+
 samples. Two one-epoch trials a dataset, the fan-out (every explainer, at the smoke settings), the transfer
-matrix, the comparison and the report."""
+matrix, the comparison and the report; with a dead cluster's address left as Ray's "current cluster"."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 from conftest import ROOT, SHARED, cli_env
@@ -22,9 +26,19 @@ def test_fer_compare_smoke_runs_every_step_on_the_shared_samples(tmp_path):
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     cmd = [sys.executable, "-m", "xai_lab", "-q", "sweep", "--config", "configs/sweeps/fer_compare.yaml", "--smoke",
            "name=smoke"]
+    # A `ray start` cluster that died without `ray stop` left its address as Ray's "current cluster": a sweep
+    # without --address starts a Ray of its own all the same (short temp folder: Ray's socket paths are limited)
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    (temp / "ray").mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        (temp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{s.getsockname()[1]}")
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, cwd=tmp_path, env=cli_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"), capture_output=True,
-                         text=True, timeout=900)
+    try:
+        env = cli_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_TMPDIR=str(temp))
+        res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     print(f"fer_compare --smoke: {time.perf_counter() - t0:.0f} s")
     assert res.returncode == 0, res.stderr[-3000:]
     results = tmp_path / "ray_results" / "smoke"

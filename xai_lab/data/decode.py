@@ -1,22 +1,35 @@
 """Decoding images to the uint8 arrays that ``prepare`` caches: from files or from pixel arrays.
 
 Every decoded image is a :class:`Decoded`: the array ``[C, S, S]``, an optional mask, the
-original width, height and PIL mode, and the SHA-1 of the stored bytes (the file's bytes,
-or for CSV rows the raw pixel bytes), which the audit uses for exact duplicates.
+original width, height and PIL mode, what was converted to show it as a person sees it, and the
+SHA-1 of the stored bytes (the file's bytes, or for CSV rows the raw pixel bytes), which the
+audit uses for exact duplicates.
+
+Files decode to what a viewer shows (:func:`visible`): EXIF orientation applied; 16-bit
+intensities scaled to 8 bits over their whole range (not clipped at 255); transparency
+composited on white (:data:`BACKGROUND`); palette, 1-bit, CMYK, LA, ... converted by Pillow.
+32-bit float images, and headers claiming more than :data:`MAX_PIXELS` pixels, are refused
+before their pixels are read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 MASK_SUFFIX = ".mask.png"  # a ground-truth mask sits beside its image as <stem>.mask.png
+MAX_PIXELS = 50_000_000  # a header claiming more is refused before decoding (8,000 x 6,250; no face crop is this big)
+BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as a viewer on a white page shows them
+ORIENTATION = 0x0112  # the EXIF tag
+# Pillow warns about an image of 89-179 million pixels and refuses a bigger one; MAX_PIXELS refuses both first
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class BadImage(Exception):
@@ -32,6 +45,7 @@ class Decoded(NamedTuple):
     height: int
     sha1: str
     mode: str  # the original PIL mode (L, RGB, ...)
+    converted: str = ""  # what was done to show it as a viewer does ("; "-separated), beyond a plain L/RGB conversion
 
 
 def fit_image(im: Image.Image, size: int, channels: int) -> np.ndarray:
@@ -55,19 +69,60 @@ def fit_image(im: Image.Image, size: int, channels: int) -> np.ndarray:
 
 def decode_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, int, int]:
     """Decode an image file to uint8 ``[channels, size, size]``; also returns its original width, height."""
-    arr, width, height, _ = _decode_with_mode(path, size, channels)
+    arr, width, height, _, _ = _decode_with_mode(path, size, channels)
     return arr, width, height
 
 
-def _decode_with_mode(path: Path, size: int, channels: int) -> tuple[np.ndarray, int, int, str]:
+def visible(im: Image.Image) -> tuple[Image.Image, list[str]]:
+    """``im`` as a viewer shows it, in a mode :func:`fit_image` converts plainly (L, RGB, or what Pillow converts
+    without loss of meaning), and what was done to it.
+
+    Raises:
+        BadImage: 32-bit float pixels, or 32-bit integers beyond the 16-bit range (no scale a viewer agrees on).
+    """
+    notes = []
+    orientation = im.getexif().get(ORIENTATION, 1)
+    if orientation not in (1, 0, None):
+        im = ImageOps.exif_transpose(im)
+        notes.append(f"EXIF orientation {orientation} applied")
+    if im.mode == "F":
+        raise BadImage("32-bit float pixels (mode F): save it as 8- or 16-bit")
+    if im.mode.startswith("I"):  # I;16, I;16B, ... and I (32-bit; 16-bit PNGs open as either)
+        arr = np.asarray(im.convert("I") if im.mode != "I" else im, dtype=np.int64)
+        if arr.min() < 0 or arr.max() > 65535:
+            raise BadImage(f"32-bit integer pixels beyond the 16-bit range (mode {im.mode})")
+        if im.mode.startswith("I;16") or arr.max() > 255:
+            arr = (arr * 255 + 32767) // 65535  # 16 bits over the whole range: 65535 is white, not clipped at 255
+            notes.append("16-bit scaled to 8-bit")
+        return Image.fromarray(arr.astype(np.uint8), mode="L"), notes
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        if rgba.getextrema()[3][0] < 255:  # some pixel is not opaque
+            base = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+            im = Image.alpha_composite(base, rgba).convert("RGB" if im.mode not in ("LA", "La") else "L")
+            notes.append("transparency composited on white")
+        else:
+            im = rgba.convert("RGB")
+    elif im.mode == "CMYK":
+        im = im.convert("RGB")
+        notes.append("CMYK converted to RGB")
+    return im, notes
+
+
+def _decode_with_mode(path: Path, size: int, channels: int) -> tuple[np.ndarray, int, int, str, str]:
     try:
         with Image.open(path) as im:
-            im.load()
             width, height, mode = im.size[0], im.size[1], im.mode
-            arr = fit_image(im, size, channels)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            if width * height > MAX_PIXELS:  # from the header alone: nothing decoded yet
+                raise BadImage(f"its header claims {width} x {height} pixels, more than {MAX_PIXELS:,}")
+            im.load()
+            shown, notes = visible(im)
+            arr = fit_image(shown, size, channels)
+    except Image.DecompressionBombError as e:  # Pillow's own limit, at open: the header claims even more
+        raise BadImage(f"its header claims more than {MAX_PIXELS:,} pixels ({e})") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise BadImage(str(e) or type(e).__name__) from None
-    return arr, width, height, mode
+    return arr, width, height, mode, "; ".join(notes)
 
 
 def decode_pixels(pixels: np.ndarray, size: int, channels: int) -> Decoded:
@@ -86,7 +141,7 @@ def decode_file(root: Path, rel: str, size: int, channels: int) -> tuple[str, De
     except OSError as e:
         return rel, None, f"cannot read: {e.strerror}"
     try:
-        arr, w, h, mode = _decode_with_mode(path, size, channels)
+        arr, w, h, mode, converted = _decode_with_mode(path, size, channels)
     except BadImage as e:
         return rel, None, f"not a readable image ({e})"
     mask_path = path.with_name(path.name[: -len(path.suffix)] + MASK_SUFFIX)
@@ -96,7 +151,7 @@ def decode_file(root: Path, rel: str, size: int, channels: int) -> tuple[str, De
             mask = decode_image(mask_path, size, 1)[0][0] > 127
         except BadImage as e:
             return rel, None, f"unreadable mask {mask_path.name} ({e})"
-    return rel, Decoded(arr, mask, w, h, hashlib.sha1(raw).hexdigest(), mode), None
+    return rel, Decoded(arr, mask, w, h, hashlib.sha1(raw).hexdigest(), mode, converted), None
 
 
 def decode_files(root: Path, paths: list[str], size: int, channels: int, progress: bool = False):

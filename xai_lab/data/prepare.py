@@ -2,7 +2,7 @@
 
 Output, under ``<data.processed_root>/<data.name>/``::
 
-    metadata.csv          path,label,label_idx,subject,width,height,sha1 (+ mode, split, fold...)
+    metadata.csv          path,label,label_idx,subject,width,height,sha1 (+ mode, converted, split, fold...)
     splits/{train,val,test}.csv          the same columns, one file per split (the holdout split)
     splits/fold<i>/{train,val,test}.csv  with data.folds = k: fold i (test = fold i, val = fold i+1)
     dataset.json          class names, counts, split sizes, skipped / excluded / deduplicated rows, config
@@ -190,6 +190,7 @@ def add_image_columns(
     table.insert(5, "height", [r.height for r in rows])
     table.insert(6, "sha1", [r.sha1 for r in rows])
     table["mode"] = [r.mode for r in rows]
+    table["converted"] = [r.converted for r in rows]
     images = np.stack([r.image for r in rows])
     masks = np.stack([r.mask for r in rows])[:, None] if all(r.mask is not None for r in rows) else None
     return images, masks
@@ -284,12 +285,22 @@ def dataset_info(
         "folds": fold_sizes,
         "has_masks": has_masks,
         "skipped": [{"path": p, "reason": why} for p, why in skipped],
+        "conversions": _conversions(table),
         "excluded": {str(k): int(v) for k, v in excluded.items()},
         "dedup": {"mode": data.dedup, "dropped": dropped},
         "cache_key": cache_key,
         "config_sha1": config_sha1(data),
         "data_config": asdict(data),
     }
+
+
+def _conversions(table: pd.DataFrame) -> dict[str, Any]:
+    """How many images of each original mode were read, and what was done to show how many as a viewer shows
+    them (:func:`xai_lab.data.decode.visible`): ``{"modes": {"RGBA": 3, ...}, "converted": {"16-bit ...": 2}}``."""
+    notes = [n for text in table.get("converted", pd.Series(dtype=str)).fillna("") for n in text.split("; ") if n]
+    modes = table["mode"].value_counts() if "mode" in table else pd.Series(dtype=int)
+    return {"modes": {str(k): int(v) for k, v in modes.items()},
+            "converted": {k: int(v) for k, v in pd.Series(notes, dtype=str).value_counts().items()}}
 
 
 def _write_splits(out: Path, table: pd.DataFrame, fold: int) -> dict[str, int]:

@@ -86,7 +86,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if outcome.recorded:
         r = outcome.recorded
         print(f"run store: {r['trials']} trials, {r['reports']} with reports, in {r['uri']} "
-              f"(list them: xai-lab runs --experiment sweep/{cfg.name})")
+              f"(list them: xai-lab runs --experiment {shlex.quote('sweep/' + cfg.name)})")
     if outcome.interrupted:
         raise stop.interrupted(resume)
     print(f"report: {outcome.index_html}")

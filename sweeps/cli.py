@@ -8,35 +8,9 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import signal
 
 from xai_lab.errors import Interrupted
-
-
-class StopSignals:
-    """SIGTERM stops a sweep the way Ctrl-C does, and the exit code says which one came (130 or 143).
-
-    SIGTERM is handed to whichever SIGINT handler is installed at that moment: Ray Tune's while trials run
-    (a graceful stop that saves the experiment), the fan-out's flag while reports run
-    (``sweeps.fanout._ctrl_c_flag``), Python's (``KeyboardInterrupt``) in the report. Installed after Ray
-    starts, so it replaces the handler Ray puts on SIGTERM.
-    """
-
-    def __init__(self):
-        self.exit_code = 130
-        signal.signal(signal.SIGTERM, self._on_term)
-
-    def _on_term(self, signum, frame) -> None:
-        self.exit_code = 143
-        handler = signal.getsignal(signal.SIGINT)
-        if callable(handler) and handler is not signal.default_int_handler:
-            handler(signal.SIGINT, frame)
-        else:
-            raise KeyboardInterrupt
-
-    def interrupted(self, resume: str) -> Interrupted:
-        name = "SIGTERM" if self.exit_code == 143 else "interrupted (Ctrl-C)"
-        return Interrupted(f"{name}: what finished is saved; carry on with: {resume}", self.exit_code)
+from xai_lab.signals import StopSignals
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:

@@ -342,7 +342,7 @@ def wait_for(pending: dict, on_done: Callable[[ray.ObjectRef, Any], None]) -> No
 
 @contextmanager
 def _ctrl_c_flag():
-    """An event set by Ctrl-C (and by SIGTERM, which ``sweeps.cli.StopSignals`` hands to the SIGINT handler) while
+    """An event set by Ctrl-C (and by SIGTERM, which ``xai_lab.signals.StopSignals`` hands to the SIGINT handler) while
     the fan-out waits. A flag, not an exception: a ``KeyboardInterrupt`` raised inside a Ray call can be lost there,
     and the sweep then carried on to the end; the loop checks the flag at least once a second."""
     stopped = threading.Event()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +24,11 @@ from xai_lab.config import (
     SMOKE_PER_CLASS,
     TRAINED_RUN_OVERRIDES,
 )
-from xai_lab.errors import Interrupted, UserError
+from xai_lab.errors import Interrupted, RunStopped, UserError
+from xai_lab.signals import StopSignals
 
 log = logging.getLogger("xai_lab")
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line and exit code 2."""
@@ -117,14 +120,30 @@ def cmd_audit(args: argparse.Namespace) -> None:
 def cmd_cv(args: argparse.Namespace) -> None:
     from xai_lab.crossval import cross_validate
 
-    cfg = load_config(args)
+    if not args.config and not args.resume:
+        raise UserError("the following arguments are required: --config (or --resume CV_DIR to continue one)")
+    cv_dir = None
+    if args.resume:
+        cfg, cv_dir = _resumed_config(args, args.resume)
+        if (report_dir_for_cv := _report(cv_dir, None) / "cv_summary.json").is_file():
+            raise UserError(f"{cv_dir} already finished ({report_dir_for_cv}); nothing to resume")
+    else:
+        cfg = load_config(args)
     only = None
     if args.only:
         try:
             only = [int(f) for f in args.only.split(",") if f.strip()]
         except ValueError:
             raise UserError(f"--only must list fold numbers like 0,1,2, got {args.only!r}") from None
-    result = cross_validate(cfg, only)
+    stop = StopSignals()
+    try:
+        result = cross_validate(cfg, only, resume=cv_dir)
+    except RunStopped as e:
+        stopped = Path(e.run_dir)
+        _record(cfg, "the stopped cross-validation", lambda s: store.record_cv(s, stopped), stopped)
+        raise stop.interrupted(shlex.join(["xai-lab", "cv", "--resume", str(stopped)]),
+                               "the folds that finished are kept, a fold in training resumes from its last.pt") \
+            from None
     _record(cfg, "the cross-validation", lambda s: store.record_cv(s, Path(result["cv_dir"])), result["cv_dir"])
     acc, f1 = result["test_accuracy"], result["test_macro_f1"]
     print(
@@ -144,7 +163,7 @@ def resume_run(args: argparse.Namespace) -> tuple:
     stop. Rows of ``train_log.jsonl`` after the checkpoint's epoch (and a torn last line) are dropped first.
 
     Returns:
-        The config it ran with and :func:`xai_lab.train.fit`'s summary.
+        The config to run with and :func:`xai_lab.train.fit`'s ``run_dir`` and ``resume_from`` arguments.
 
     Raises:
         UserError: no such run folder, no ``last.pt`` or an unreadable one, a run that already
@@ -153,19 +172,9 @@ def resume_run(args: argparse.Namespace) -> tuple:
     import json
 
     from xai_lab.checkpoint import load_checkpoint
-    from xai_lab.config import apply_overrides, from_dict, load_saved, parse_override, to_dict
-    from xai_lab.runs import resolve_run_dir
-    from xai_lab.train import fit, trim_train_log
+    from xai_lab.train import trim_train_log
 
-    if args.smoke:
-        raise UserError("--smoke cannot be used with --resume: a run continues with its own config.yaml")
-    for text in args.overrides:
-        key = ".".join(parse_override(text)[0])
-        if key not in RESUME_OVERRIDES:
-            raise UserError(f"override '{text}' would change the resumed run ('{key}'); with --resume only "
-                            f"{', '.join(RESUME_OVERRIDES)} may be set")
-    run_dir = resolve_run_dir(args.resume)
-    cfg = from_dict(apply_overrides(to_dict(load_saved(run_dir / "config.yaml")), args.overrides))
+    cfg, run_dir = _resumed_config(args, args.resume)
     last = run_dir / "last.pt"
     if not last.is_file():
         raise UserError(f"{run_dir} has no last.pt to resume from (it stopped before its first checkpoint); "
@@ -192,7 +201,24 @@ def resume_run(args: argparse.Namespace) -> tuple:
     dropped = trim_train_log(run_dir, epoch)
     log.info("resuming %s after epoch %d of %d%s", run_dir, epoch, cfg.train.epochs,
              f" (dropped {dropped} train_log.jsonl rows logged after it)" if dropped else "")
-    return cfg, fit(cfg, run_dir=run_dir, resume_from=last)
+    return cfg, {"run_dir": run_dir, "resume_from": last}
+
+
+def _resumed_config(args: argparse.Namespace, folder: str):
+    """``(config, folder)`` of a stopped run or cross-validation: its saved ``config.yaml`` with the overrides
+    :data:`RESUME_OVERRIDES` allows (``--smoke`` and any other override refused)."""
+    from xai_lab.config import apply_overrides, from_dict, load_saved, parse_override, to_dict
+    from xai_lab.runs import resolve_run_dir
+
+    if args.smoke:
+        raise UserError("--smoke cannot be used with --resume: a run continues with its own config.yaml")
+    for text in args.overrides:
+        key = ".".join(parse_override(text)[0])
+        if key not in RESUME_OVERRIDES:
+            raise UserError(f"override '{text}' would change the resumed run ('{key}'); with --resume only "
+                            f"{', '.join(RESUME_OVERRIDES)} may be set")
+    run_dir = resolve_run_dir(folder)
+    return from_dict(apply_overrides(to_dict(load_saved(run_dir / "config.yaml")), args.overrides)), run_dir
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -201,10 +227,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not args.config and not args.resume:  # argparse's words, as for the other verbs' --config
         raise UserError("the following arguments are required: --config (or --resume RUN_DIR to continue a run)")
     if args.resume:
-        cfg, summary = resume_run(args)
+        cfg, where = resume_run(args)
     else:
-        cfg = load_config(args)
-        summary = fit(cfg)
+        cfg, where = load_config(args), {}
+    stop = StopSignals()
+    try:
+        summary = fit(cfg, **where)
+    except RunStopped as e:
+        stopped = Path(e.run_dir)
+        _record(cfg, "the stopped run", lambda s: store.record_training(s, stopped), stopped)
+        if e.epoch:
+            raise stop.interrupted(shlex.join(["xai-lab", "train", "--resume", str(e.run_dir)]),
+                                   f"{e.run_dir}/last.pt holds epoch {e.epoch}") from None
+        again = ["xai-lab", "train", "--config", args.config, *(["--smoke"] if args.smoke else []), *args.overrides]
+        raise stop.interrupted(shlex.join(again), f"stopped before the first checkpoint of {e.run_dir}") from None
     run_dir = summary["run_dir"]
     _record(cfg, "the run", lambda s: store.record_training(s, Path(run_dir)), run_dir)
     print(f"run: {run_dir}")
@@ -377,18 +413,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
 
-    def verb(name: str, fn: Callable, help_: str, run_dir: bool = False, resume: bool = False
+    def verb(name: str, fn: Callable, help_: str, run_dir: bool = False, resume: str = ""
              ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         if run_dir:
             p.add_argument("--run-dir", required=True, help="a run folder (artifacts/runs/<exp>/<id> or .../latest)")
             p.add_argument("--out", default=None, help="report folder (default: artifacts/reports/<exp>/<id>)")
-        elif resume:  # --config EXP, or --resume RUN_DIR (cmd_train says when neither is given)
+        elif resume:  # --config EXP, or --resume FOLDER (the verb says when neither is given)
             one = p.add_mutually_exclusive_group()
             one.add_argument("--config", help="experiment YAML (configs/experiments/*.yaml)")
-            one.add_argument("--resume", metavar="RUN_DIR",
-                             help="continue a stopped run (artifacts/runs/<exp>/<id> or .../latest) in place from "
-                             f"its last.pt, with its own config; overrides: only {', '.join(RESUME_OVERRIDES)}")
+            metavar, text = resume.split(": ", 1)
+            one.add_argument("--resume", metavar=metavar, help=f"{text}, with its own config; overrides: "
+                             f"only {', '.join(RESUME_OVERRIDES)}")
         else:
             p.add_argument("--config", required=True, help="experiment YAML (configs/experiments/*.yaml)")
         p.add_argument("--smoke", action="store_true", help="the same work, tiny: a few images, one short epoch")
@@ -397,8 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     verb("prepare", cmd_prepare, "manifest, stratified splits and decoded cache of a dataset")
-    verb("train", cmd_train, "one training run", resume=True)
-    cv = verb("cv", cmd_cv, "k-fold cross-validation (data.folds): a run per fold, mean and std of scores")
+    verb("train", cmd_train, "one training run",
+         resume="RUN_DIR: continue a stopped run (artifacts/runs/<exp>/<id> or .../latest) in place from its last.pt")
+    cv = verb("cv", cmd_cv, "k-fold cross-validation (data.folds): a run per fold, mean and std of scores",
+              resume="CV_DIR: carry on with a stopped cross-validation (artifacts/runs/<exp>/cv-<id>): finished "
+              "folds kept, the others resumed or run")
     cv.add_argument("--only", default=None, help="comma-separated folds to run (default: all)")
     verb("audit", cmd_audit, "duplicates, leakage, label conflicts, size/mode/brightness per class, balance")
     ev = verb("evaluate", cmd_evaluate, "test metrics of a run's best checkpoint", run_dir=True)

@@ -18,3 +18,12 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str, exit_code: int = 130):
         super().__init__(message)
         self.message, self.exit_code = message, exit_code
+
+
+class RunStopped(KeyboardInterrupt):
+    """:func:`xai_lab.train.fit` stopped by Ctrl-C or SIGTERM: its run folder, and the epoch of the last checkpoint
+    written there (0: none), which ``train --resume`` continues from."""
+
+    def __init__(self, run_dir, epoch: int):
+        super().__init__(f"stopped in {run_dir} after the checkpoint of epoch {epoch}")
+        self.run_dir, self.epoch = run_dir, epoch

@@ -51,6 +51,7 @@ from xai_lab.data.augment import augment_batch
 from xai_lab.data.dataset import Dataset, load_dataset
 from xai_lab.data.sampler import epoch_indices, sample_weights
 from xai_lab.device import autocast, release_device_memory, resolve_device, to_device
+from xai_lab.errors import RunStopped
 from xai_lab.evaluate import predict_logits
 from xai_lab.models import build_model
 from xai_lab.recipe import (
@@ -293,6 +294,10 @@ def fit(
         A summary: ``best_val_macro_f1``, ``best_epoch``, ``epochs_run``, the last epoch's
         metrics, ``train_seconds``, ``images_per_second``, ``run_dir`` and more (:func:`_summary`).
 
+    Raises:
+        RunStopped: Ctrl-C or SIGTERM (:class:`xai_lab.signals.StopSignals`) stopped it; ``last.pt`` and
+            ``best.pt`` are the last ones written, whole (atomic writes), and ``train --resume`` continues.
+
     Memory: whether it returns or raises (a Ray trial stopped by ASHA leaves through a
     ``SystemExit`` raised in its callback), ``fit`` drops its model, optimizer and on-device data
     and empties the CUDA cache before it leaves (:meth:`TrainState.release`).
@@ -312,6 +317,10 @@ def fit(
                 break
         if state.saved_epoch != state.epoch:  # the callback stopped the run between checkpoints
             _save(state)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through xai_lab.signals: the checkpoints written stand
+        if isinstance(e, RunStopped):
+            raise
+        raise RunStopped(state.run_dir, state.saved_epoch) from None
     finally:
         state.release()
     return _summary(state, t_start)

@@ -1,7 +1,7 @@
 # make demo: set up .venv if needed, then the quickstart sweep on synthfaces (sweep, reports, comparison,
 #            index.html); SWEEP=..., ARGS="key=value ..." change it;
 #            RESUME=1 DEMO_NAME=<name> carries on with an interrupted one.
-# make test: set up .venv (and Chromium, PostgreSQL) if needed, then run the tests.
+# make test: set up .venv (and Chromium, PostgreSQL) if needed, then run the tests (make test-slow: the slow ones).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +13,7 @@ SWEEP ?= configs/sweeps/quickstart.yaml
 DEMO_NAME ?= $(basename $(notdir $(SWEEP)))-$(shell date +%Y%m%d-%H%M%S)
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test lint clean chromium postgres
+.PHONY: setup demo test test-slow lint clean chromium postgres
 
 # Installs once; re-runs only when requirements.txt or pyproject.toml change.
 $(STAMP): requirements.txt pyproject.toml
@@ -46,6 +46,10 @@ postgres:
 
 test: setup chromium postgres
 	$(PY) -m pytest -q
+
+# Faults built whole, a minute or two more (a node lost mid-sweep, a sweep on a full tmpfs: root), run by .ci/run.
+test-slow: setup chromium
+	$(PY) -m pytest -q -m slow
 
 lint: setup
 	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check xai_lab sweeps tests benchmarks

@@ -36,7 +36,7 @@ from sweeps.leaderboard import build_leaderboard, write_leaderboard
 from sweeps.resources import check_feasible, fanout_resources, trial_resources
 from sweeps.tensorboard import DATASET, hparam_columns, write_experiment
 from sweeps.trainable import train_trial
-from xai_lab.atomic import atomic_write_text, atomic_write_with
+from xai_lab.atomic import atomic_write_text, atomic_write_with, disk_full
 from xai_lab.config import read_yaml, to_dict
 from xai_lab.data.dataset import load_dataset
 from xai_lab.errors import UserError
@@ -469,8 +469,14 @@ def run_sweep(
     check_results_folder(cfg, paths, resume)
     with sweep_lock(paths.results):
         check_results_folder(cfg, paths, resume)  # again, now that no other driver can write here
-        return _run_locked(cfg, paths, resume=resume, top=top, trainable=trainable, verbose=verbose,
-                           progress=progress, autoscaling=autoscaling)
+        try:
+            return _run_locked(cfg, paths, resume=resume, top=top, trainable=trainable, verbose=verbose,
+                               progress=progress, autoscaling=autoscaling)
+        except Exception as e:  # noqa: BLE001 - Tune fails in many ways when its disk fills: say that, once
+            if isinstance(e, UserError) or not disk_full(e, paths.results):
+                raise
+            raise UserError(f"no space left on the device of {paths.results}: the sweep stopped there (what "
+                            "finished is kept); free some space and carry on with --resume") from None
 
 
 def check_requests(cfg: SweepConfig, bases: dict, top_k: int, autoscaling: bool) -> None:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from conftest import SHARED, cli_env, make_folder_dataset
 from report_browser import body_data, dump_dom
 
@@ -30,6 +31,7 @@ fanout: {{top_k: 1, num_each: 2, maps_per_class: 4, methods: [saliency]}}
 """
 
 
+@pytest.mark.slow
 def test_unicode_names_and_a_link_loop_through_every_step(tmp_path, monkeypatch, capsys):
     root = tmp_path / "data" / "raw" / ROOT_NAME
     make_folder_dataset(root, CLASSES, 10)

@@ -10,6 +10,7 @@ but ``train --resume``, which allows a few overrides only. Exit codes: 0 done, 2
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import shlex
 import sys
@@ -538,6 +539,13 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UserError as e:
         print(f"xai-lab {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"xai-lab {args.verb}: error: no space left on the device{where}; free some space and run the "
+              "command again", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         why = e.message if isinstance(e, Interrupted) else "interrupted"

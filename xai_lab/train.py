@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch.optim.swa_utils import AveragedModel
 
-from xai_lab.atomic import atomic_write_json, atomic_write_text
+from xai_lab.atomic import atomic_write_json, atomic_write_text, raise_if_full
 from xai_lab.checkpoint import CheckpointPolicy, Saved, init_from_checkpoint, load_checkpoint, save_run_checkpoint
 from xai_lab.config import ExperimentConfig, TrainConfig, save_config, to_dict
 from xai_lab.data.augment import augment_batch
@@ -510,8 +510,13 @@ def _save(s: TrainState, slim: bool = False) -> Saved:
 def _log_epoch(s: TrainState) -> None:
     """Append the epoch's row to ``train_log.jsonl``; show it in TensorBoard, the progress bar and the log."""
     m = s.metrics
-    with open(s.run_dir / "train_log.jsonl", "a") as f:
-        f.write(json.dumps(m) + "\n")
+    path = s.run_dir / "train_log.jsonl"
+    try:
+        with open(path, "a") as f:  # a row torn by a full disk or a kill is dropped on resume (trim_train_log)
+            f.write(json.dumps(m) + "\n")
+    except OSError as e:
+        raise_if_full(e, path)
+        raise
     if s.writer is not None:
         for key, value in {**m, "best_val_macro_f1": s.best_f1}.items():
             if key != "epoch":

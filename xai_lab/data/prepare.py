@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from xai_lab.atomic import atomic_write_json, atomic_write_with
+from xai_lab.atomic import atomic_dir, atomic_write_json, atomic_write_with
 from xai_lab.config import DataConfig
 from xai_lab.data.decode import Decoded
 from xai_lab.data.dedup import dedup_rows
@@ -328,17 +328,14 @@ def _write_cache(cache_root: Path, key: str, images: np.ndarray, masks: np.ndarr
     final = cache_root / key
     if (final / "images.npy").is_file():
         return
-    cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = cache_root / f".{key}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    np.save(tmp / "images.npy", images)
-    if masks is not None:
-        np.save(tmp / "masks.npy", masks)
-    try:
-        os.replace(tmp, final)
-    except OSError:  # another process finished the same cache first
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(final) as tmp:
+        np.save(tmp / "images.npy", images)
+        if masks is not None:
+            np.save(tmp / "masks.npy", masks)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process finished the same cache first
+            pass
 
 
 def run_audit(data: DataConfig, progress: bool = False) -> tuple[dict[str, Any], Path]:

@@ -92,14 +92,14 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
+
+from xai_lab.atomic import atomic_dir
 
 __all__ = ["CLASSES", "SynthFaces", "generate", "write_folder"]
 
@@ -617,10 +617,7 @@ def write_folder(data: SynthFaces, root: str | Path) -> None:
     root = Path(root)
     if root.exists():
         raise FileExistsError(f"refusing to overwrite existing dataset folder: {root}")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()  # unlike tempfile.mkdtemp, keeps the umask's permissions for the final folder
-    try:
+    with atomic_dir(root) as tmp:
         for name in CLASSES:
             (tmp / name).mkdir()
         files = []
@@ -644,6 +641,3 @@ def write_folder(data: SynthFaces, root: str | Path) -> None:
         if root.exists():  # appeared while we were writing
             raise FileExistsError(f"refusing to overwrite existing dataset folder: {root}")
         os.rename(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

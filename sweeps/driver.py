@@ -475,6 +475,8 @@ def run_sweep(
         except Exception as e:  # noqa: BLE001 - Tune fails in many ways when its disk fills: say that, once
             if isinstance(e, UserError) or not disk_full(e, paths.results):
                 raise
+            for name in ("ray", "ray.tune", "ray.train"):  # its threads' same complaint, again, at shutdown
+                logging.getLogger(name).setLevel(logging.CRITICAL)
             raise UserError(f"no space left on the device of {paths.results}: the sweep stopped there (what "
                             "finished is kept); free some space and carry on with --resume") from None
 

@@ -47,7 +47,8 @@ postgres:
 test: setup chromium postgres
 	$(PY) -m pytest -q
 
-# Faults built whole, a minute or two more (a node lost mid-sweep, a sweep on a full tmpfs: root), run by .ci/run.
+# Whole sweeps and faults, three minutes more (the FER comparison smoke sweep, a node lost mid-sweep, a sweep on a
+# full tmpfs: root, unicode names), run by .ci/run.
 test-slow: setup chromium
 	$(PY) -m pytest -q -m slow
 

@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from conftest import ROOT, SHARED, cli_env
 
 
+@pytest.mark.slow
 def test_fer_compare_smoke_runs_every_step_on_the_shared_samples(tmp_path):
     raw = tmp_path / "data" / "raw"
     raw.mkdir(parents=True)

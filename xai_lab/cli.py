@@ -454,6 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated, e.g. saliency,gradcam (overrides explain.methods)")
     ex.add_argument("--explain-config", default=None, metavar="FILE",
                     help="an explain YAML (configs/explain/*.yaml) replacing the run's explain section")
+    _add_sweep_verbs(sub)
+    _add_runs_verb(sub)
+    return parser
+
+
+def _add_sweep_verbs(sub) -> None:
+    """sweep, report and compare: the verbs sweeps/ carries out."""
     sw = sub.add_parser("sweep", help="Ray Tune + Optuna sweep, then reports of the best trials",
                         description="Ray Tune + Optuna sweep over the base experiments of a sweep YAML, "
                         "then evaluate/plots/explain of the top-k trials, the comparison and index.html")
@@ -493,6 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("overrides", nargs="*", metavar="key=value",
                     help="explain.*, run.device, run.progress, train.eval_batch_size, train.amp")
     cp.set_defaults(func=cmd_compare)
+
+
+def _add_runs_verb(sub) -> None:
+    """runs: the run store (docs/store.md)."""
     rs = sub.add_parser("runs", help="list and filter the run store, or record folders made while it was off",
                         description="every run, cross-validation, evaluation, explanation and sweep trial "
                         "recorded in the run store (MLflow tracking; docs/store.md)")
@@ -511,7 +522,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="record the runs, cross-validations and sweeps under PATH (artifacts, ray_results/<sweep>, "
                     "a run folder) that are not in the store yet")
     rs.set_defaults(func=cmd_runs)
-    return parser
 
 
 def _non_negative(text: str) -> int:

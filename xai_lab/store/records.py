@@ -1,45 +1,14 @@
-"""The run store: every run, cross-validation, evaluation, explanation and sweep trial in one MLflow tracking store.
-
-Each record is built from the folders the verbs write (a run folder, its report folder, a cv folder, a sweep's
-results folder), so the same code records a run as it finishes and a run made while the store was off
-(``xai-lab runs --sync PATH``). A record is found again by its key (tag ``xai_lab.id``: ``run:<exp>/<id>``,
-``cv:<exp>/cv-<id>``, ``sweep:<name>``, ``trial:<sweep>/<dataset>/<trial>``), so recording twice adds nothing
-twice: params are written once, epochs after the last one recorded, a report's scores and files when the files
-changed (tag ``xai_lab.files``).
-
-What a record holds:
-
-* params: the resolved config, flattened (``model.depth``, ``train.lr``, ...; ``store.*`` left out);
-* metrics: the per-epoch curves (step = epoch), ``best_val_macro_f1``, test accuracy and macro-F1, and per
-  explainer its scores beside both baselines (``gradcam.pointing_game``, ``gradcam.pointing_game.random_maps``,
-  ``gradcam.pointing_game.randomized_model``, ``gradcam.share_mouth``; :func:`xai_lab.scores.report_scores`);
-* tags: ``xai_lab.kind`` (train, cv, cv_fold, sweep, trial), ``xai_lab.dataset``, ``xai_lab.experiment``,
-  ``xai_lab.status``, ``xai_lab.run_dir``, ``xai_lab.report_dir``, the sweep, trial id and Optuna study of a
-  trial, and ``mlflow.source.git.commit`` when the code is a git checkout;
-* artifacts (``store.artifacts``): config.yaml, train_summary.json and the report folder (figures, JSON, tables).
-
-Single runs and cross-validations go into the MLflow experiment named after the experiment (``run.name``),
-a cross-validation's folds as children of its run; a sweep into ``sweep/<name>``: the sweep's own run and one
-run per trial beside it, the experiment tagged with its Optuna studies. Only the process that ran the work
-writes (a verb, or a sweep's driver after its trials and reports): trials never write, so any number
-finishing at once cannot race for the store.
-
-The store never costs a result: :func:`record` turns any failure into one warning line.
-"""
+"""Records built from the folders the verbs write: a run folder and its report, a cross-validation (a run and a
+child per fold), a sweep's results folder (the sweep and each trial), and :func:`sync` over folders made while the
+store was off. Recording twice adds nothing twice: params are written once, epochs after the last one recorded,
+a report's scores and files when the files changed (tag ``xai_lab.files``)."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
 import json
-import logging
 import os
 import re
-import subprocess
-import tempfile
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,189 +17,18 @@ import yaml
 from xai_lab.config import flatten
 from xai_lab.errors import UserError
 from xai_lab.scores import report_scores
+from xai_lab.store.client import Store, shown
 
-log = logging.getLogger(__name__)
-
-ENV = "XAI_LAB_STORE"
-KEY_TAG = "xai_lab.key"  # a hash of the record's id: a value any filter string can quote
-ID_TAG = "xai_lab.id"
 FILES_TAG = "xai_lab.files"  # what was recorded from which file (size and mtime), so a sync adds only what changed
+
 EPOCHS_TAG = "xai_lab.epochs_logged"
+
 # Tune's bookkeeping in a trial's result.json, not curves of the run
 TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid", "time_since_restore",
              "iterations_since_restore", "done", "early_stopped", "checkpoint_dir_name"}
+
 STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "FINISHED", "error": "FAILED"}
-LOCKED_RETRIES = 8  # a busy SQLite file ("database is locked"): tries, 0.25 s doubling (~1 min in all)
 
-
-def resolve_uri(configured: str = "") -> str | None:
-    """The store's URI: ``store.uri``, else ``$XAI_LAB_STORE``, else ``$MLFLOW_TRACKING_URI``, else
-    ``mlflow.db`` (SQLite) in the working folder, which is also where ``mlflow ui`` looks first. None: off."""
-    uri = (configured or os.environ.get(ENV) or os.environ.get("MLFLOW_TRACKING_URI") or "").strip()
-    if not uri:
-        uri = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-    if uri.lower() in ("none", "off", "false"):
-        return None
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative: to the working folder
-        uri = f"sqlite:///{(Path.cwd() / uri[len('sqlite:///'):]).resolve()}"
-    return uri
-
-
-def shown(uri: str) -> str:
-    """The URI without its password, fit for a log line or a tag."""
-    return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", uri)
-
-
-class Store:
-    """An MLflow tracking store reached through ``MlflowClient``, checked to answer when opened."""
-
-    def __init__(self, uri: str, artifacts: bool = True):
-        self.uri, self.artifacts = uri, artifacts
-        _quiet_mlflow()
-        _probe(uri)
-        from mlflow.tracking import MlflowClient
-
-        _quiet_mlflow()  # again: importing MLflow sets its logger's level
-        with _init_lock(uri):  # MLflow creates a new database's tables when it opens it; two at once break it
-            self.client = MlflowClient(tracking_uri=uri)
-            self.client.search_experiments(max_results=1)
-        self.created: list[str] = []  # ids of the records this store object created
-        self._experiments: dict[str, str] = {}
-        self._commit = _git_commit()
-
-    # --- experiments and runs --------------------------------------------------------------------------
-
-    def experiment(self, name: str, tags: dict[str, str] | None = None) -> str:
-        """The id of the experiment ``name``, created if missing (another process creating it first is fine)."""
-        if name in self._experiments:
-            return self._experiments[name]
-        from mlflow.exceptions import MlflowException
-
-        found = self._call(self.client.get_experiment_by_name, name)
-        # mlflow ui shows the experiment as model training (runs, params, metrics), not as GenAI traces
-        tags = {"mlflow.experimentKind": "custom_model_development", **(tags or {})}
-        if found is None:
-            try:
-                exp_id = self._call(self.client.create_experiment, name, self._artifact_location(name))
-            except MlflowException as e:
-                if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-                exp_id = self._call(self.client.get_experiment_by_name, name).experiment_id
-        else:
-            exp_id = found.experiment_id
-            if found.lifecycle_stage == "deleted":
-                self._call(self.client.restore_experiment, exp_id)
-        for key, value in tags.items():
-            if found is None or found.tags.get(key) != value:
-                self._call(self.client.set_experiment_tag, exp_id, key, value)
-        self._experiments[name] = exp_id
-        return exp_id
-
-    def _artifact_location(self, name: str) -> str | None:
-        """SQLite: the artifacts beside the database file (``mlartifacts/``), wherever the command ran."""
-        if not self.uri.startswith("sqlite:///"):
-            return None  # the server's or MLflow's default
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:60]
-        folder = Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts" / f"{slug}-{_digest(name)[:8]}"
-        return folder.resolve().as_uri()
-
-    def find(self, exp_id: str, record_id: str):
-        """The run recorded as ``record_id`` in the experiment, or None."""
-        runs = self._call(self.client.search_runs, [exp_id], f"tags.`{KEY_TAG}` = '{_digest(record_id)}'",
-                          max_results=2)
-        return runs[0] if runs else None
-
-    def upsert(self, exp_id: str, record_id: str, name: str, tags: dict[str, str], parent: str | None = None,
-               start: float | None = None):
-        """The run of ``record_id`` (created if missing, its tags updated; ``start``: when the work began, in
-        seconds since the epoch); returns the MLflow ``Run``."""
-        run = self.find(exp_id, record_id)
-        tags = {**tags, ID_TAG: record_id, KEY_TAG: _digest(record_id)}
-        if self._commit:
-            tags.setdefault("mlflow.source.git.commit", self._commit)
-        if parent:
-            tags["mlflow.parentRunId"] = parent
-        if run is None:
-            run = self._call(self.client.create_run, exp_id, tags=tags, run_name=name,
-                             start_time=int(start * 1000) if start else None)
-            self.created.append(record_id)
-        else:
-            changed = {k: v for k, v in tags.items() if run.data.tags.get(k) != v}
-            self.log(run.info.run_id, tags=changed)
-        return run
-
-    def log(self, run_id: str, params: dict | None = None, metrics: Iterable[tuple[str, float, int]] = (),
-            tags: dict[str, str] | None = None) -> None:
-        """Params, ``(name, value, step)`` metrics and tags, in batches MLflow accepts."""
-        from mlflow.entities import Metric, Param, RunTag
-
-        now = int(time.time() * 1000)
-        ps = [Param(k, _param_value(v)) for k, v in (params or {}).items()]
-        ms = [Metric(k, float(v), now, int(s)) for k, v, s in metrics if _finite(v)]
-        ts = [RunTag(k, str(v)[:8000]) for k, v in (tags or {}).items()]
-        for i in range(0, len(ps), 100):
-            self._call(self.client.log_batch, run_id, params=ps[i:i + 100])
-        for i in range(0, len(ms), 1000):
-            self._call(self.client.log_batch, run_id, metrics=ms[i:i + 1000])
-        for i in range(0, len(ts), 100):
-            self._call(self.client.log_batch, run_id, tags=ts[i:i + 100])
-
-    def finish(self, run, status: str, end: float | None = None) -> None:
-        """Set the MLflow status (FINISHED, FAILED, KILLED, RUNNING) and end time (seconds since the epoch)
-        when they changed."""
-        end_ms = int(end * 1000) if end else None
-        if run.info.status != status or (end_ms and run.info.end_time != end_ms):
-            if status == "RUNNING":
-                self._call(self.client.update_run, run.info.run_id, status)
-            else:
-                self._call(self.client.set_terminated, run.info.run_id, status, end_ms)
-
-    def _call(self, fn: Callable, *args, **kwargs):
-        """``fn``, tried again while SQLite says the database is locked (another process is writing)."""
-        for attempt in range(LOCKED_RETRIES):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - only the lock is retried
-                if "database is locked" not in str(e) or attempt == LOCKED_RETRIES - 1:
-                    raise
-                time.sleep(0.25 * 2**attempt)
-        raise AssertionError("unreachable")
-
-
-def open_store(configured: str = "", artifacts: bool = True) -> Store | None:
-    """The store ``configured`` names (see :func:`resolve_uri`), or None when it is off.
-
-    Raises:
-        UserError: it does not answer (one line naming it and why).
-    """
-    uri = resolve_uri(configured)
-    if uri is None:
-        return None
-    try:
-        return Store(uri, artifacts)
-    except Exception as e:  # noqa: BLE001 - whatever MLflow or the driver raises, said in one line
-        raise UserError(f"the run store {shown(uri)} does not answer: {_reason(e)}") from None
-
-
-def record(store_cfg, what: str, fn: Callable[[Store], Any], sync: str | Path) -> Any:
-    """Run ``fn(store)`` on the store ``store_cfg`` (a :class:`xai_lab.config.StoreConfig`) names.
-
-    The store never costs a result: when it is off this does nothing; when it does not answer or a write
-    fails, it logs one warning (what was not recorded, why, and the ``xai-lab runs --sync`` that records it
-    later) and returns None.
-    """
-    uri = resolve_uri(store_cfg.uri)
-    if uri is None:
-        return None
-    try:
-        return fn(Store(uri, store_cfg.artifacts))
-    except Exception as e:  # noqa: BLE001 - see above: a warning, never a failed run
-        log.warning("run store %s: %s not recorded (%s); record it later: xai-lab runs --sync %s",
-                    shown(uri), what, _reason(e), Path(sync).resolve())
-        return None
-
-
-# --- records -----------------------------------------------------------------------------------------------
 
 
 def record_training(store: Store, run_dir: Path, report_dir: Path | None = None, *, kind: str = "train",
@@ -279,6 +77,7 @@ def record_training(store: Store, run_dir: Path, report_dir: Path | None = None,
     return run_id
 
 
+
 def record_report(store: Store, run, report_dir: Path) -> bool:
     """A report folder's scores (test accuracy and macro-F1, every explainer beside its baselines and region
     shares) and files on ``run``, when they changed since last recorded. Returns whether anything was."""
@@ -306,6 +105,7 @@ def record_report(store: Store, run, report_dir: Path) -> bool:
     return True
 
 
+
 def record_cross(store: Store, run_dir: Path, summary: dict, out: Path) -> str:
     """``evaluate --data``: the run's accuracy on another dataset over the shared classes, as
     ``cross.<dataset>.accuracy`` / ``.macro_f1`` / ``.n`` on the run's record."""
@@ -314,6 +114,7 @@ def record_cross(store: Store, run_dir: Path, summary: dict, out: Path) -> str:
     store.log(run_id, metrics=[(f"{name}.{k}", summary[k], 0) for k in ("accuracy", "macro_f1", "n") if k in summary],
               tags={f"xai_lab.report_dir.{_metric_name(summary['dataset'])}": str(Path(out).resolve())})
     return run_id
+
 
 
 def record_cv(store: Store, cv_dir: Path) -> str:
@@ -357,11 +158,14 @@ def record_cv(store: Store, cv_dir: Path) -> str:
     return parent.info.run_id
 
 
+
 # a trial's leaderboard.csv columns recorded as metrics (its checkpoint holds no train_summary.json)
 TRIAL_METRICS = ("score", "best_val_macro_f1", "best_epoch", "epochs_run", "wall_seconds", "images_per_second",
                  "failures")
+
 SWEEP_FILES = ("sweep.yaml", "leaderboard.csv", "comparison.csv", "comparison.png", "transfer.csv", "transfer.png",
                "regions.csv", "index.html")
+
 
 
 def record_sweep(store: Store, results: Path, finished: bool | None = None) -> dict[str, int]:
@@ -428,6 +232,7 @@ def record_sweep(store: Store, results: Path, finished: bool | None = None) -> d
     return counts
 
 
+
 def _record_bare_trial(store: Store, exp_id: str, row: dict, sweep: dict, rows: list[dict], *, record_id: str,
                        name: str, status: str, tags: dict, times: tuple | None, **_) -> str:
     """A trial without a checkpoint (it failed before its first): the sampled values and what Tune logged."""
@@ -438,6 +243,7 @@ def _record_bare_trial(store: Store, exp_id: str, row: dict, sweep: dict, rows: 
     _log_epochs(store, run, rows)
     store.finish(run, status, times and times[1])
     return run.info.run_id
+
 
 
 def _result_rows(path: Path) -> list[dict]:
@@ -455,6 +261,7 @@ def _result_rows(path: Path) -> list[dict]:
         if isinstance(row, dict) and isinstance(row.get("epoch"), int) and _number(row.get("timestamp")):
             rows.append(row)
     return rows
+
 
 
 # --- sync: what was made while the store was off ----------------------------------------------------------
@@ -492,6 +299,7 @@ def sync(store: Store, paths: Iterable[str | Path]) -> dict[str, int]:
     return counts
 
 
+
 def _discover(root: Path) -> Iterable[tuple[str, Path]]:
     """``("sweep" | "cv" | "run", folder)`` for each record under ``root``. Links are not followed (``latest``,
     a link loop), so each folder is found once."""
@@ -509,56 +317,6 @@ def _discover(root: Path) -> Iterable[tuple[str, Path]]:
         dirs[:] = [d for d in dirs if d not in ("tb", "xai")]
 
 
-# --- queries ------------------------------------------------------------------------------------------------
-
-
-def search(store: Store, filter_string: str = "", order_by: list[str] | None = None,
-           experiments: list[str] | None = None, max_results: int = 1000):
-    """Runs of the store as a DataFrame: ``run``, ``experiment``, ``status``, ``start``, ``run_id`` and every
-    ``params.*``, ``metrics.*``, ``tags.*`` (MLflow's own tags left out).
-
-    Raises:
-        UserError: an experiment that does not exist, or a filter or sort MLflow cannot parse.
-    """
-    import pandas as pd
-    from mlflow.entities import ViewType
-    from mlflow.exceptions import MlflowException
-
-    client = store.client
-    if experiments:
-        exps = []
-        for name in experiments:
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                known = ", ".join(e.name for e in client.search_experiments()) or "none"
-                raise UserError(f"no experiment {name!r} in the store {shown(store.uri)}; experiments: {known}")
-            exps.append(exp)
-    else:
-        exps = client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
-    names = {e.experiment_id: e.name for e in exps}
-    runs, token = [], None
-    try:
-        while names and len(runs) < max_results:
-            page = client.search_runs(list(names), filter_string, ViewType.ACTIVE_ONLY,
-                                      min(1000, max_results - len(runs)), order_by or ["attributes.start_time DESC"],
-                                      token)
-            runs += list(page)
-            token = page.token
-            if not token:
-                break
-    except MlflowException as e:
-        raise UserError(f"the store cannot search that: {str(e).splitlines()[0]}") from None
-    rows = []
-    for r in runs:
-        row = {"run": r.info.run_name, "experiment": names.get(r.info.experiment_id, ""),
-               "status": r.info.status, "start": pd.Timestamp(r.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M"),
-               "run_id": r.info.run_id}
-        row.update({f"params.{k}": v for k, v in r.data.params.items()})
-        row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
-        row.update({f"tags.{k}": v for k, v in r.data.tags.items() if not k.startswith("mlflow.")})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
 
 # --- helpers ------------------------------------------------------------------------------------------------
 
@@ -566,6 +324,7 @@ def search(store: Store, filter_string: str = "", order_by: list[str] | None = N
 def config_params(config: dict) -> dict[str, Any]:
     """A saved config as MLflow params: dotted keys, the store's own settings left out."""
     return {k: v for k, v in flatten(config).items() if not k.startswith("store.")}
+
 
 
 def _log_epochs(store: Store, run, rows: list[dict]) -> None:
@@ -580,6 +339,7 @@ def _log_epochs(store: Store, run, rows: list[dict]) -> None:
     metrics = [(k, v, r["epoch"]) for r in new for k, v in r.items()
                if k not in TUNE_KEYS and k != "epoch" and _number(v)]
     store.log(run.info.run_id, metrics=metrics, tags={EPOCHS_TAG: str(max(r["epoch"] for r in new))})
+
 
 
 def _times(folder: Path, last: Path | None = None) -> tuple[float | None, float | None]:
@@ -597,11 +357,13 @@ def _times(folder: Path, last: Path | None = None) -> tuple[float | None, float 
     return start, end
 
 
+
 def _files_done(run) -> dict[str, str]:
     try:
         return json.loads(run.data.tags.get(FILES_TAG, "{}"))
     except ValueError:
         return {}
+
 
 
 def _mark(store: Store, run, sigs: dict[str, str]) -> None:
@@ -611,6 +373,7 @@ def _mark(store: Store, run, sigs: dict[str, str]) -> None:
     run.data.tags[FILES_TAG] = json.dumps(done, sort_keys=True)  # the entity's dict: later calls see it
 
 
+
 def _upload(store: Store, run_id: str, files: list[Path], folder: str) -> None:
     if store.artifacts:
         for f in files:
@@ -618,13 +381,11 @@ def _upload(store: Store, run_id: str, files: list[Path], folder: str) -> None:
                 store.client.log_artifact(run_id, str(f), folder)
 
 
+
 def _signature(path: Path) -> str:
     st = path.stat()
     return f"{st.st_size}:{st.st_mtime_ns}"
 
-
-def _digest(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
 def _relative_id(folder: Path) -> str:
@@ -637,13 +398,10 @@ def _relative_id(folder: Path) -> str:
     return "/".join(parts[-2:])
 
 
+
 def _metric_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\- /]", "_", str(text))
 
-
-def _param_value(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-    return text[:6000]
 
 
 def _number(value: Any) -> bool:
@@ -658,13 +416,6 @@ def _number(value: Any) -> bool:
         return False
 
 
-def _finite(value: Any) -> bool:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return False
-    return v == v and abs(v) != float("inf")
-
 
 def _read_yaml(path: Path) -> dict:
     try:
@@ -674,6 +425,7 @@ def _read_yaml(path: Path) -> dict:
     return values if isinstance(values, dict) else {}
 
 
+
 def _read_json(path: Path) -> dict:
     try:
         values = json.loads(path.read_text())
@@ -681,97 +433,3 @@ def _read_json(path: Path) -> dict:
         return {}
     return values if isinstance(values, dict) else {}
 
-
-def _reason(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text[:300]
-
-
-@functools.lru_cache(maxsize=1)
-def _git_commit() -> str:
-    """The commit of the xai-lab checkout that runs, when it is one."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
-
-
-@contextlib.contextmanager
-def _init_lock(uri: str):
-    """One process at a time opens the store for the first time: MLflow checks whether a database has its
-    tables and then creates them, and processes that find them missing together each run the migrations, the
-    later ones failing. SQLite: a lock file (one machine); PostgreSQL: an advisory lock (any machine)."""
-    if uri.startswith("sqlite:///"):
-        import fcntl
-
-        with open(Path(tempfile.gettempdir()) / f"xai-lab-store-{_digest(uri)}.lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-    elif uri.startswith("postgresql"):
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 10})
-        try:
-            with engine.connect() as con:
-                con.execute(sqlalchemy.text("SELECT pg_advisory_lock(hashtext('xai-lab run store'))"))
-                try:
-                    yield
-                finally:
-                    con.execute(sqlalchemy.text("SELECT pg_advisory_unlock(hashtext('xai-lab run store'))"))
-        finally:
-            engine.dispose()
-    else:
-        yield
-
-
-def _quiet_mlflow() -> None:
-    """MLflow's and Alembic's INFO lines (creating tables, ...) stay out of the command's output; a server that
-    does not answer is given up on in seconds, not after MLflow's minutes of retries."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _probe(uri: str) -> None:
-    """Fail fast, in one line, where MLflow would retry for minutes: a database that does not answer or a
-    SQLite path that cannot be written (ConnectionError saying why)."""
-    if uri.startswith("sqlite:///"):
-        import sqlite3
-
-        path = Path(uri[len("sqlite:///"):])
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            con = sqlite3.connect(path, timeout=30)
-            try:
-                con.execute("PRAGMA schema_version").fetchall()
-            finally:
-                con.close()
-        except (OSError, sqlite3.Error) as e:
-            raise ConnectionError(f"cannot open {path}: {e}") from None
-    elif uri.split(":", 1)[0].split("+")[0] in ("postgresql", "mysql", "mssql"):
-        import sqlalchemy
-
-        args = {"connect_timeout": 10} if uri.startswith(("postgresql", "mysql")) else {}
-        engine = sqlalchemy.create_engine(uri, connect_args=args)
-        try:
-            with engine.connect():
-                pass
-        except Exception as e:  # noqa: BLE001 - the driver's own error, shortened
-            raise ConnectionError(_reason(e).split(" (Background")[0]) from None
-        finally:
-            engine.dispose()
-    elif uri.startswith(("http://", "https://")):
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
-                pass
-        except Exception as e:  # noqa: BLE001 - refused, timed out, 5xx: the server does not answer
-            raise ConnectionError(_reason(e)) from None

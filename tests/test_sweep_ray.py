@@ -296,17 +296,21 @@ def test_report_opens_in_chromium_with_every_image(sweep, tmp_path):
 
 
 def dies_once_then_reports(marker: Path, calls: Path):
-    """The real report task, but the first run of all kills its worker process (as the OOM killer would)."""
+    """The real report task, but the first run to claim ``marker`` (it writes its trial there) kills its worker
+    process (as the OOM killer would)."""
 
     def task(job, dataset):
         from sweeps.fanout import report_trial
 
+        name = f"{job.dataset}/{job.trial_id}"
         with open(calls, "a") as f:
-            f.write(f"{job.dataset}/{job.trial_id}\n")
+            f.write(f"{name}\n")
         try:
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return report_trial(job, dataset)
+        os.write(fd, name.encode())
+        os.close(fd)
         os._exit(1)
 
     return task
@@ -343,8 +347,10 @@ def test_fanout_retries_a_dead_worker_but_not_a_failed_report(sweep, workdir, tm
     assert list(outcome.values()) == ["ok"] * 3  # the task whose worker died ran again and ended ok
     calls = (tmp_path / "calls.txt").read_text().split()
     assert (tmp_path / "died").exists() and len(calls) == 5  # 4 tasks, one of them twice
+    died = (tmp_path / "died").read_text()  # the task whose worker died (two run at once: not always calls[0])
+    assert calls.count(died) == 2
     victim_calls = calls.count(f"tinya/{trial}")  # a deterministic error is not retried
-    assert victim_calls == 1 + (calls[0] == f"tinya/{trial}")
+    assert victim_calls == 1 + (died == f"tinya/{trial}")
     board = pd.read_csv(results / "leaderboard.csv", dtype={"report": str})
     assert board.set_index("trial_id").loc[trial, "report"].startswith("failed")
     assert (results / "reports" / "tinya" / trial / "error.txt").is_file()

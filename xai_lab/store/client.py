@@ -25,11 +25,8 @@ log = logging.getLogger(__name__)
 
 ENV = "XAI_LAB_STORE"
 KEY_TAG = "xai_lab.key"  # a hash of the record's id: a value any filter string can quote
-
 ID_TAG = "xai_lab.id"
-
 LOCKED_RETRIES = 8  # a busy SQLite file ("database is locked"): tries, 0.25 s doubling (~1 min in all)
-
 
 
 def resolve_uri(configured: str = "") -> str | None:
@@ -45,11 +42,9 @@ def resolve_uri(configured: str = "") -> str | None:
     return uri
 
 
-
 def shown(uri: str) -> str:
     """The URI without its password, fit for a log line or a tag."""
     return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", uri)
-
 
 
 class Store:
@@ -168,7 +163,6 @@ class Store:
         raise AssertionError("unreachable")
 
 
-
 def open_store(configured: str = "", artifacts: bool = True) -> Store | None:
     """The store ``configured`` names (see :func:`resolve_uri`), or None when it is off.
 
@@ -182,7 +176,6 @@ def open_store(configured: str = "", artifacts: bool = True) -> Store | None:
         return Store(uri, artifacts)
     except Exception as e:  # noqa: BLE001 - whatever MLflow or the driver raises, said in one line
         raise UserError(f"the run store {shown(uri)} does not answer: {_reason(e)}") from None
-
 
 
 def record(store_cfg, what: str, fn: Callable[[Store], Any], sync: str | Path) -> Any:
@@ -201,7 +194,6 @@ def record(store_cfg, what: str, fn: Callable[[Store], Any], sync: str | Path) -
         log.warning("run store %s: %s not recorded (%s); record it later: xai-lab runs --sync %s",
                     shown(uri), what, _reason(e), Path(sync).resolve())
         return None
-
 
 
 def search(store: Store, filter_string: str = "", order_by: list[str] | None = None,
@@ -252,7 +244,6 @@ def search(store: Store, filter_string: str = "", order_by: list[str] | None = N
     return pd.DataFrame(rows)
 
 
-
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
@@ -260,11 +251,9 @@ def _digest(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
-
 def _param_value(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return text[:6000]
-
 
 
 def _finite(value: Any) -> bool:
@@ -275,11 +264,9 @@ def _finite(value: Any) -> bool:
     return v == v and abs(v) != float("inf")
 
 
-
 def _reason(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return text[:300]
-
 
 
 @functools.lru_cache(maxsize=1)
@@ -291,7 +278,6 @@ def _git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
-
 
 
 @contextlib.contextmanager
@@ -325,7 +311,6 @@ def _init_lock(uri: str):
         yield
 
 
-
 def _quiet_mlflow() -> None:
     """MLflow's and Alembic's INFO lines (creating tables, ...) stay out of the command's output; a server that
     does not answer is given up on in seconds, not after MLflow's minutes of retries."""
@@ -334,7 +319,6 @@ def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
 
 
 def _probe(uri: str) -> None:

@@ -20,15 +20,11 @@ from xai_lab.scores import report_scores
 from xai_lab.store.client import Store, shown
 
 FILES_TAG = "xai_lab.files"  # what was recorded from which file (size and mtime), so a sync adds only what changed
-
 EPOCHS_TAG = "xai_lab.epochs_logged"
-
 # Tune's bookkeeping in a trial's result.json, not curves of the run
 TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid", "time_since_restore",
              "iterations_since_restore", "done", "early_stopped", "checkpoint_dir_name"}
-
 STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "FINISHED", "error": "FAILED"}
-
 
 
 def record_training(store: Store, run_dir: Path, report_dir: Path | None = None, *, kind: str = "train",
@@ -77,7 +73,6 @@ def record_training(store: Store, run_dir: Path, report_dir: Path | None = None,
     return run_id
 
 
-
 def record_report(store: Store, run, report_dir: Path) -> bool:
     """A report folder's scores (test accuracy and macro-F1, every explainer beside its baselines and region
     shares) and files on ``run``, when they changed since last recorded. Returns whether anything was."""
@@ -105,7 +100,6 @@ def record_report(store: Store, run, report_dir: Path) -> bool:
     return True
 
 
-
 def record_cross(store: Store, run_dir: Path, summary: dict, out: Path) -> str:
     """``evaluate --data``: the run's accuracy on another dataset over the shared classes, as
     ``cross.<dataset>.accuracy`` / ``.macro_f1`` / ``.n`` on the run's record."""
@@ -114,7 +108,6 @@ def record_cross(store: Store, run_dir: Path, summary: dict, out: Path) -> str:
     store.log(run_id, metrics=[(f"{name}.{k}", summary[k], 0) for k in ("accuracy", "macro_f1", "n") if k in summary],
               tags={f"xai_lab.report_dir.{_metric_name(summary['dataset'])}": str(Path(out).resolve())})
     return run_id
-
 
 
 def record_cv(store: Store, cv_dir: Path) -> str:
@@ -158,14 +151,11 @@ def record_cv(store: Store, cv_dir: Path) -> str:
     return parent.info.run_id
 
 
-
 # a trial's leaderboard.csv columns recorded as metrics (its checkpoint holds no train_summary.json)
 TRIAL_METRICS = ("score", "best_val_macro_f1", "best_epoch", "epochs_run", "wall_seconds", "images_per_second",
                  "failures")
-
 SWEEP_FILES = ("sweep.yaml", "leaderboard.csv", "comparison.csv", "comparison.png", "transfer.csv", "transfer.png",
                "regions.csv", "index.html")
-
 
 
 def record_sweep(store: Store, results: Path, finished: bool | None = None) -> dict[str, int]:
@@ -232,7 +222,6 @@ def record_sweep(store: Store, results: Path, finished: bool | None = None) -> d
     return counts
 
 
-
 def _record_bare_trial(store: Store, exp_id: str, row: dict, sweep: dict, rows: list[dict], *, record_id: str,
                        name: str, status: str, tags: dict, times: tuple | None, **_) -> str:
     """A trial without a checkpoint (it failed before its first): the sampled values and what Tune logged."""
@@ -243,7 +232,6 @@ def _record_bare_trial(store: Store, exp_id: str, row: dict, sweep: dict, rows: 
     _log_epochs(store, run, rows)
     store.finish(run, status, times and times[1])
     return run.info.run_id
-
 
 
 def _result_rows(path: Path) -> list[dict]:
@@ -261,7 +249,6 @@ def _result_rows(path: Path) -> list[dict]:
         if isinstance(row, dict) and isinstance(row.get("epoch"), int) and _number(row.get("timestamp")):
             rows.append(row)
     return rows
-
 
 
 # --- sync: what was made while the store was off ----------------------------------------------------------
@@ -299,7 +286,6 @@ def sync(store: Store, paths: Iterable[str | Path]) -> dict[str, int]:
     return counts
 
 
-
 def _discover(root: Path) -> Iterable[tuple[str, Path]]:
     """``("sweep" | "cv" | "run", folder)`` for each record under ``root``. Links are not followed (``latest``,
     a link loop), so each folder is found once."""
@@ -317,14 +303,12 @@ def _discover(root: Path) -> Iterable[tuple[str, Path]]:
         dirs[:] = [d for d in dirs if d not in ("tb", "xai")]
 
 
-
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
 def config_params(config: dict) -> dict[str, Any]:
     """A saved config as MLflow params: dotted keys, the store's own settings left out."""
     return {k: v for k, v in flatten(config).items() if not k.startswith("store.")}
-
 
 
 def _log_epochs(store: Store, run, rows: list[dict]) -> None:
@@ -339,7 +323,6 @@ def _log_epochs(store: Store, run, rows: list[dict]) -> None:
     metrics = [(k, v, r["epoch"]) for r in new for k, v in r.items()
                if k not in TUNE_KEYS and k != "epoch" and _number(v)]
     store.log(run.info.run_id, metrics=metrics, tags={EPOCHS_TAG: str(max(r["epoch"] for r in new))})
-
 
 
 def _times(folder: Path, last: Path | None = None) -> tuple[float | None, float | None]:
@@ -357,13 +340,11 @@ def _times(folder: Path, last: Path | None = None) -> tuple[float | None, float 
     return start, end
 
 
-
 def _files_done(run) -> dict[str, str]:
     try:
         return json.loads(run.data.tags.get(FILES_TAG, "{}"))
     except ValueError:
         return {}
-
 
 
 def _mark(store: Store, run, sigs: dict[str, str]) -> None:
@@ -373,7 +354,6 @@ def _mark(store: Store, run, sigs: dict[str, str]) -> None:
     run.data.tags[FILES_TAG] = json.dumps(done, sort_keys=True)  # the entity's dict: later calls see it
 
 
-
 def _upload(store: Store, run_id: str, files: list[Path], folder: str) -> None:
     if store.artifacts:
         for f in files:
@@ -381,11 +361,9 @@ def _upload(store: Store, run_id: str, files: list[Path], folder: str) -> None:
                 store.client.log_artifact(run_id, str(f), folder)
 
 
-
 def _signature(path: Path) -> str:
     st = path.stat()
     return f"{st.st_size}:{st.st_mtime_ns}"
-
 
 
 def _relative_id(folder: Path) -> str:
@@ -398,10 +376,8 @@ def _relative_id(folder: Path) -> str:
     return "/".join(parts[-2:])
 
 
-
 def _metric_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\- /]", "_", str(text))
-
 
 
 def _number(value: Any) -> bool:
@@ -416,14 +392,12 @@ def _number(value: Any) -> bool:
         return False
 
 
-
 def _read_yaml(path: Path) -> dict:
     try:
         values = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return {}
     return values if isinstance(values, dict) else {}
-
 
 
 def _read_json(path: Path) -> dict:

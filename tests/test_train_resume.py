@@ -108,6 +108,17 @@ def test_trim_train_log_keeps_rows_up_to_the_checkpoint(tmp_path):
         trim_train_log(tmp_path, 2)
 
 
+def test_a_fresh_fit_in_a_folder_with_an_old_log_starts_the_log_afresh(tmp_path):
+    """A cv fold stopped before its first checkpoint is trained again from the start in its folder: the rows it
+    had logged (and a torn line) are dropped, not followed by the new run's."""
+    run_dir = tmp_path / "fold0"
+    run_dir.mkdir()
+    (run_dir / "train_log.jsonl").write_text('{"epoch": 1, "train_loss": 9}\n{"epoch": 2, "train_loss": 9}\n{"ep')
+    fit(load_experiment(EXP, [*TINY, "train.epochs=1"]), run_dir=run_dir)
+    rows = log_rows(run_dir)
+    assert [r["epoch"] for r in rows] == [1] and rows[0]["train_loss"] != 9
+
+
 def test_resume_refusals_exit_2_with_one_line(runs, capsys):
     def refused(argv, *needles):
         assert main(argv) == 2

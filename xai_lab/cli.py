@@ -161,7 +161,7 @@ def resume_run(args: argparse.Namespace) -> tuple:
     The run's saved ``config.yaml`` is used as it is, but for the overrides in :data:`RESUME_OVERRIDES`.
     Model, EMA, optimizer, schedule, best epoch so far and the batch/augmentation/mixing generator
     come from ``last.pt``, so on the same kind of device the run ends as it would have without the
-    stop. Rows of ``train_log.jsonl`` after the checkpoint's epoch (and a torn last line) are dropped first.
+    stop. Rows of ``train_log.jsonl`` after the checkpoint's epoch (and a torn last line) are dropped by ``fit``.
 
     Returns:
         The config to run with and :func:`xai_lab.train.fit`'s ``run_dir`` and ``resume_from`` arguments.
@@ -173,7 +173,6 @@ def resume_run(args: argparse.Namespace) -> tuple:
     import json
 
     from xai_lab.checkpoint import load_checkpoint
-    from xai_lab.train import trim_train_log
 
     cfg, run_dir = _resumed_config(args, args.resume)
     last = run_dir / "last.pt"
@@ -199,9 +198,7 @@ def resume_run(args: argparse.Namespace) -> tuple:
         why = "all epochs" if finished >= cfg.train.epochs else f"stopped early, no better epoch for {patience}"
         raise UserError(f"{run_dir} already finished (epoch {finished} of {cfg.train.epochs}, {why}); "
                         "nothing to resume")
-    dropped = trim_train_log(run_dir, epoch)
-    log.info("resuming %s after epoch %d of %d%s", run_dir, epoch, cfg.train.epochs,
-             f" (dropped {dropped} train_log.jsonl rows logged after it)" if dropped else "")
+    log.info("resuming %s after epoch %d of %d", run_dir, epoch, cfg.train.epochs)
     return cfg, {"run_dir": run_dir, "resume_from": last}
 
 
@@ -274,7 +271,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     report = _report(run_dir, args.out)
     _record(cfg, "the evaluation", lambda s: store.record_training(s, run_dir, report), run_dir)
     print(f"{args.split}: accuracy {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f} "
-          f"(n={summary['n']}) -> {_report(run_dir, args.out)}/test_summary.json")
+          f"(n={summary['n']}) -> {report}/test_summary.json")
 
 
 def cmd_plots(args: argparse.Namespace) -> None:

@@ -113,7 +113,7 @@ def _run_fold(cfg: ExperimentConfig, f: int, cv_dir: Path, report_dir: Path) -> 
     from xai_lab.data.dataset import load_dataset
     from xai_lab.evaluate import load_run
     from xai_lab.report import report_model
-    from xai_lab.train import fit, trim_train_log
+    from xai_lab.train import fit
 
     fold_cfg = copy.deepcopy(cfg)
     fold_cfg.data.fold = f
@@ -127,10 +127,8 @@ def _run_fold(cfg: ExperimentConfig, f: int, cv_dir: Path, report_dir: Path) -> 
     else:
         log.info("fold %d/%d: train %d, val %d, test %d", f, cfg.data.folds, *sizes)
         if not summary_path.is_file():
-            last = run_dir / "last.pt"
-            resume_from = last if last.is_file() else None
-            trim_train_log(run_dir, _checkpoint_epoch(last) if resume_from else 0)
-            summary = fit(fold_cfg, dataset=dataset, run_dir=run_dir, resume_from=resume_from)
+            last = run_dir / "last.pt"  # a fold stopped after a checkpoint resumes from it
+            summary = fit(fold_cfg, dataset=dataset, run_dir=run_dir, resume_from=last if last.is_file() else None)
         else:  # trained, stopped while it was tested
             summary = json.loads(summary_path.read_text())
         fold = load_run(run_dir, cfg.run.device)
@@ -147,9 +145,3 @@ def _run_fold(cfg: ExperimentConfig, f: int, cv_dir: Path, report_dir: Path) -> 
         "best_val_macro_f1": summary["best_val_macro_f1"],
         "train_seconds": summary["train_seconds"],
     }
-
-
-def _checkpoint_epoch(last: Path) -> int:
-    from xai_lab.checkpoint import load_checkpoint
-
-    return int(load_checkpoint(last)["epoch"])

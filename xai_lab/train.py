@@ -280,8 +280,9 @@ def fit(
         dataset: the prepared data (loaded, and prepared if needed, from ``cfg.data`` when None).
         run_dir: where to write; a fresh ``<output_root>/runs/<name>/<run_id>`` when None.
         callback: called after every epoch (:data:`EpochCallback`); returning True stops training.
-        resume_from: a ``last.pt`` to continue from (:func:`_resume`). Rows of ``train_log.jsonl``
-            after its epoch are not dropped here: :func:`trim_train_log`.
+        resume_from: a ``last.pt`` to continue from (:func:`_resume`). Rows of ``train_log.jsonl`` after the
+            epoch training starts from (all of them without ``resume_from``), and a torn last line, are dropped
+            first (:func:`trim_train_log`).
         checkpoint: after which epochs ``last.pt``/``best.pt`` are written, and whether the final
             checkpoint is slim; default :meth:`CheckpointPolicy.for_run` (``train.checkpoint_every``).
         tensorboard_dir: where the TensorBoard scalars go (``run.tensorboard``); default ``<run_dir>/tb``.
@@ -365,6 +366,10 @@ def _build(s: TrainState, resume_from: str | Path | None) -> None:
     if resume_from is not None:
         _resume(s, resume_from)
     s.epoch = s.saved_epoch = s.start_epoch - 1
+    # the log starts where training does: rows a stopped run logged after its checkpoint (or before its first) go
+    dropped = trim_train_log(s.run_dir, s.saved_epoch)
+    if dropped:
+        log.info("dropped %d train_log.jsonl rows logged after epoch %d", dropped, s.saved_epoch)
     _open_progress(s, resumed=resume_from is not None)
 
 

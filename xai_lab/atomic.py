@@ -61,14 +61,11 @@ def atomic_dir(path: str | Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()  # unlike tempfile.mkdtemp, keeps the umask's permissions for the final folder
         yield tmp
-    except BaseException as e:
-        full = isinstance(e, Exception) and disk_full(e, path.parent if path.parent.exists() else Path("/"))
-        shutil.rmtree(tmp, ignore_errors=True)
-        if full:
-            raise UserError(full_message(path)) from None
+    except Exception as e:
+        raise_if_full(e, path)  # before the folder is removed: what it took is part of the evidence
         raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # left over when the caller's rename did not happen
+        shutil.rmtree(tmp, ignore_errors=True)  # on failure, or left over when the caller's rename did not happen
 
 
 def disk_full(e: BaseException, folder: Path) -> bool:

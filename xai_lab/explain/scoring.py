@@ -319,7 +319,6 @@ class Regions:
         return region_areas(self.masks)
 
 
-
 class Scoring:
     """The metrics of each method on one set of scored images, beside the two baselines (made once)."""
 

@@ -1,20 +1,24 @@
 """Stopped single runs, in real processes: SIGTERM during ``xai-lab train`` exits 143 within seconds with
 ``last.pt`` whole and the ``--resume`` command printed, which then finishes the run; ``xai-lab cv`` stopped the
-same way carries on with ``cv --resume``, keeping the folds that had finished byte for byte."""
+same way carries on with ``cv --resume``, keeping the folds that had finished byte for byte. A stop that comes
+while a checkpoint is written waits for the write and for the note of which epoch it holds (``held_stop``)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, cli_env
 
 from xai_lab.checkpoint import load_checkpoint
+from xai_lab.signals import StopSignals, held_stop
 
 EXP = "configs/experiments/exp003_resnet20_synthfaces_clear.yaml"
 SMALL = ["data.synthfaces.n_per_class=40", "model.depth=8", "run.progress=false", "run.device=cpu",
@@ -96,3 +100,33 @@ def test_sigterm_during_cv_carries_on_with_the_folds_not_finished(tmp_path):
     again = subprocess.run([sys.executable, "-m", "xai_lab", "-q", *command[1:]], cwd=tmp_path, env=cli_env(),
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "already finished" in again.stderr
+
+
+def test_a_stop_inside_held_stop_takes_effect_when_the_block_ends():
+    done, before = [], signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with held_stop():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler has run by now; the block goes on
+            done.append("written")
+    assert done == ["written"]
+    assert signal.getsignal(signal.SIGINT) is before  # put back
+    with held_stop():  # no signal, nothing raised
+        done.append("again")
+    assert done == ["written", "again"]
+
+
+def test_sigterm_inside_held_stop_reaches_the_handler_installed_before():
+    seen = []
+    before_int = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    before_term = signal.getsignal(signal.SIGTERM)
+    try:
+        stop = StopSignals()
+        with held_stop():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert seen == []  # held
+        assert seen == [signal.SIGINT] and stop.exit_code == 143
+    finally:
+        signal.signal(signal.SIGINT, before_int)
+        signal.signal(signal.SIGTERM, before_term)

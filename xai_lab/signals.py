@@ -5,11 +5,17 @@ sweep's trials run (a graceful stop that saves the experiment), the fan-out's fl
 (``sweeps.fanout._ctrl_c_flag``), Python's (``KeyboardInterrupt`` where the code is) anywhere else, a single
 run's training loop included. The command then says what was saved and how to carry on
 (:meth:`StopSignals.interrupted`).
+
+:func:`held_stop` keeps a stop out of a few lines that must finish together, such as writing a checkpoint's
+files and noting which epoch they hold: the signal takes effect when they are done.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from xai_lab.errors import Interrupted
 
@@ -36,3 +42,29 @@ class StopSignals:
     def interrupted(self, resume: str, saved: str = "what finished is saved") -> Interrupted:
         """The exception the CLI turns into one line and the exit code: ``<signal>: <saved>; carry on with: ...``."""
         return Interrupted(f"{self.name}: {saved}; carry on with: {resume}", self.exit_code)
+
+
+@contextmanager
+def held_stop() -> Iterator[None]:
+    """Hold Ctrl-C (and SIGTERM, which :class:`StopSignals` hands to the SIGINT handler) until the block ends.
+
+    A signal that comes inside the block is passed on when it ends, to the handler that was installed
+    before (``KeyboardInterrupt`` for Python's own), so the block's writes and the state that says what
+    they hold never part. Outside the main thread (a Ray trial's), where signals are not delivered to
+    Python code, the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if not came or previous == signal.SIG_IGN:
+        return
+    if callable(previous) and previous is not signal.default_int_handler:
+        previous(signal.SIGINT, None)
+    else:
+        raise KeyboardInterrupt

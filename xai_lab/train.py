@@ -23,7 +23,7 @@ Outputs in the run folder: ``config.yaml`` (resolved), ``last.pt`` (every
 ``fit`` is a loop over named steps around a :class:`TrainState` (the model, optimizer, schedule,
 EMA, generator and on-device data, the epoch, the best epoch so far and its waiting weights):
 :func:`_open_run` and :func:`_build` (with :func:`_resume`) set it up; then, epoch by epoch,
-:func:`_train_epoch`, :func:`_validate`, :func:`_checkpoint` (:func:`_save`), :func:`_log_epoch`
+:func:`_train_epoch`, :func:`_validate`, :func:`_log_epoch`, :func:`_checkpoint` (:func:`_save`)
 and :func:`_should_stop` (the callback, and the patience rule); :func:`_summary` ends the run.
 """
 
@@ -66,6 +66,7 @@ from xai_lab.recipe import (
     update_ema,
 )
 from xai_lab.runs import create_run_dir, train_log_rows
+from xai_lab.signals import held_stop
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +313,8 @@ def fit(
             state.epoch = epoch
             train_loss, seconds = _train_epoch(state)
             _validate(state, train_loss, seconds)
+            _log_epoch(state)  # before the checkpoint: a stop in between leaves a row that a resume drops
             saved = _checkpoint(state)
-            _log_epoch(state)
             if _should_stop(state, callback, saved):
                 break
         if state.saved_epoch != state.epoch:  # the callback stopped the run between checkpoints
@@ -507,8 +508,9 @@ def _save(s: TrainState, slim: bool = False) -> Saved:
     if s.best_weights is not None:
         best = {key: v for key, v in last.items() if key not in ("optimizer", "rng", *EMA_KEYS)}
         best.update(model=s.best_weights["model"], metrics=s.best_weights["metrics"], epoch=s.best_epoch)
-    written = save_run_checkpoint(s.run_dir, last, best, slim=slim)
-    s.best_weights, s.saved_epoch = None, s.epoch
+    with held_stop():  # a stop while the files are written takes effect once saved_epoch says what they hold
+        written = save_run_checkpoint(s.run_dir, last, best, slim=slim)
+        s.best_weights, s.saved_epoch = None, s.epoch
     return Saved(s.run_dir, s.epoch, written, slim)
 
 

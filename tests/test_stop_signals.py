@@ -25,10 +25,15 @@ SMALL = ["data.synthfaces.n_per_class=40", "model.depth=8", "run.progress=false"
          "explain.methods=[saliency]"]
 
 
-def start(tmp_path: Path, *argv: str) -> subprocess.Popen:
+def start(tmp_path: Path, *argv: str, ignore_ctrl_c: bool = False) -> subprocess.Popen:
+    """``xai-lab ARGV`` in ``tmp_path``; ``ignore_ctrl_c``: with SIGINT ignored, as a job started with ``&``
+    from a script (or under nohup) is, where SIGTERM is what stops it."""
     (tmp_path / "configs").symlink_to(ROOT / "configs")
-    return subprocess.Popen([sys.executable, "-m", "xai_lab", "-q", *argv], cwd=tmp_path, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "xai_lab", "-q", *argv]
+    if ignore_ctrl_c:
+        command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
+    return subprocess.Popen(command, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def wait_for(pattern: str, folder: Path, proc: subprocess.Popen, timeout: float = 240) -> Path:
@@ -80,7 +85,7 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 def test_sigterm_during_cv_carries_on_with_the_folds_not_finished(tmp_path):
-    proc = start(tmp_path, "cv", "--config", EXP, *SMALL, "train.epochs=3", "data.folds=3")
+    proc = start(tmp_path, "cv", "--config", EXP, *SMALL, "train.epochs=3", "data.folds=3", ignore_ctrl_c=True)
     second = wait_for("artifacts/runs/*/cv-*/fold1/last.pt", tmp_path, proc)
     cv_dir = second.parent.parent
     code, err, seconds = term(proc)
@@ -102,31 +107,47 @@ def test_sigterm_during_cv_carries_on_with_the_folds_not_finished(tmp_path):
     assert again.returncode == 2 and "already finished" in again.stderr
 
 
-def test_a_stop_inside_held_stop_takes_effect_when_the_block_ends():
-    done, before = [], signal.getsignal(signal.SIGINT)
+@pytest.fixture
+def handlers():
+    """Put SIGINT's and SIGTERM's handlers back after a test that sets them."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in before.items():
+        signal.signal(s, handler)
+
+
+def test_a_stop_inside_held_stop_takes_effect_when_the_block_ends(handlers):
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever the test process inherited
+    done = []
     with pytest.raises(KeyboardInterrupt):
         with held_stop():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)  # the handler has run by now; the block goes on
             done.append("written")
     assert done == ["written"]
-    assert signal.getsignal(signal.SIGINT) is before  # put back
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     with held_stop():  # no signal, nothing raised
         done.append("again")
     assert done == ["written", "again"]
 
 
-def test_sigterm_inside_held_stop_reaches_the_handler_installed_before():
+def test_sigterm_inside_held_stop_reaches_the_handler_installed_before(handlers):
     seen = []
-    before_int = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
-    before_term = signal.getsignal(signal.SIGTERM)
-    try:
-        stop = StopSignals()
+    signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))  # as the fan-out's flag
+    stop = StopSignals()
+    with held_stop():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert seen == []  # held
+    assert seen == [signal.SIGINT] and stop.exit_code == 143
+
+
+def test_sigterm_inside_held_stop_stops_a_job_that_ignores_ctrl_c(handlers):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a job started with & from a script
+    stop = StopSignals()
+    with pytest.raises(KeyboardInterrupt):
         with held_stop():
+            os.kill(os.getpid(), signal.SIGINT)  # ignored, as before the block
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)
-            assert seen == []  # held
-        assert seen == [signal.SIGINT] and stop.exit_code == 143
-    finally:
-        signal.signal(signal.SIGINT, before_int)
-        signal.signal(signal.SIGTERM, before_term)
+    assert stop.exit_code == 143 and signal.getsignal(signal.SIGINT) == signal.SIG_IGN

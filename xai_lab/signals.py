@@ -46,25 +46,27 @@ class StopSignals:
 
 @contextmanager
 def held_stop() -> Iterator[None]:
-    """Hold Ctrl-C (and SIGTERM, which :class:`StopSignals` hands to the SIGINT handler) until the block ends.
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them to the handlers installed before.
 
-    A signal that comes inside the block is passed on when it ends, to the handler that was installed
-    before (``KeyboardInterrupt`` for Python's own), so the block's writes and the state that says what
-    they hold never part. Outside the main thread (a Ray trial's), where signals are not delivered to
-    Python code, the block runs as it is.
+    The block's writes and the state that says what they hold never part: a signal that comes inside it
+    is raised again when it ends, so it reaches whatever handles it outside (``KeyboardInterrupt``,
+    :class:`StopSignals`, the fan-out's flag) or is ignored where it was ignored before (a job started in
+    the background ignores SIGINT, and SIGTERM still stops it). When the block raises, its exception
+    goes on and a held signal is dropped: the run stops either way. Outside the main thread (a Ray
+    trial's), where signals are not delivered to Python code, the block runs as it is.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     came: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: handler for s, handler in previous.items() if handler is not None}  # None: not set from Python
+    for s in previous:
+        signal.signal(s, lambda signum, frame: came.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if not came or previous == signal.SIG_IGN:
-        return
-    if callable(previous) and previous is not signal.default_int_handler:
-        previous(signal.SIGINT, None)
-    else:
-        raise KeyboardInterrupt
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    for signum in dict.fromkeys(came):
+        signal.raise_signal(signum)

@@ -47,8 +47,8 @@ postgres:
 test: setup chromium postgres
 	$(PY) -m pytest -q
 
-# Whole sweeps and faults, three minutes more (the FER comparison smoke sweep, a node lost mid-sweep, a sweep on a
-# full tmpfs: root, unicode names), run by .ci/run.
+# Whole sweeps and faults, about five minutes more (the FER comparison smoke sweep, a node lost mid-sweep, a sweep on
+# a full tmpfs: root, unicode names, a fan-out killed, Ctrl-C'd and SIGTERM'd), run by .ci/run.
 test-slow: setup chromium
 	$(PY) -m pytest -q -m slow
 

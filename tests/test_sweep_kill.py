@@ -132,6 +132,7 @@ def _reports_done(results: Path) -> list[Path]:
     return sorted(results.glob("reports/*/*/job.json"))
 
 
+@pytest.mark.slow  # four driver starts, about 90 s: make test-slow
 def test_kill_ctrl_c_and_sigterm_during_the_fanout_keep_finished_reports(sweep_folder):
     (sweep_folder / "s.yaml").write_text(SWEEP.format(name="fan", n=4, epochs=1, top=4))
     results = sweep_folder / "ray_results" / "fan"

@@ -50,6 +50,21 @@ def fresh_database(server: str) -> str:
     return server.rsplit("/", 1)[0] + f"/{name}"
 
 
+def connections(server: str, uri: str, settle: bool = True) -> int:
+    """How many connections are open to the database of ``uri``; ``settle``: given a few seconds to reach 0 (a
+    server process ends a moment after its client closed the connection)."""
+    import psycopg
+
+    with psycopg.connect(server, autocommit=True) as con:
+        for _ in range(50 if settle else 1):
+            count = con.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                                (uri.rsplit("/", 1)[1],)).fetchone()[0]
+            if count == 0:
+                break
+            time.sleep(0.1)
+    return count
+
+
 def sqlite(folder: Path) -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
@@ -198,6 +213,21 @@ def test_four_writers_at_once_lose_nothing(verbs, tmp_path, kind, request):
     assert set(runs["experiment"]) == {NAME} and set(runs["status"]) == {"FINISHED"}
 
 
+@pytest.mark.postgres
+def test_a_closed_store_keeps_no_connection_open(postgres_server):
+    """MLflow pools a database's connections for the life of the process; closing the store (as every verb does
+    when it has recorded) closes them, and the store reconnects when used again."""
+    uri = fresh_database(postgres_server)
+    with Store(uri) as store:
+        store.experiment("one")
+        assert connections(postgres_server, uri, settle=False) >= 1  # pooled, open
+    assert connections(postgres_server, uri) == 0
+    store.experiment("two")  # reconnects
+    assert {e.name for e in store.client.search_experiments()} >= {"one", "two"}
+    store.close()
+    assert connections(postgres_server, uri) == 0
+
+
 SWEEP = """name: pg
 experiments: [tiny.yaml]
 space:
@@ -231,6 +261,7 @@ def test_a_sweep_of_four_concurrent_trials_on_postgres(postgres_server, tmp_path
     finally:
         ray.shutdown()
     assert outcome.recorded == {"trials": 4, "reports": 1, "uri": uri.replace(":xai@", ":***@")}
+    assert connections(postgres_server, uri) == 0  # the driver closed what it opened
     trials = pd.read_csv(outcome.leaderboard, dtype={"trial_id": str})
     # the four ran at once: each trial's time span (from Tune's result.json) overlaps every other one
     spans = []

@@ -64,6 +64,20 @@ class Store:
         self._experiments: dict[str, str] = {}
         self._commit = _git_commit()
 
+    def close(self) -> None:
+        """Close the database connections MLflow keeps pooled for this store's URI. MLflow holds them for the life
+        of the process; a notebook or a sweep driver that records into many stores would keep each one's
+        connections open, and a PostgreSQL server has only so many. Using the store again reconnects."""
+        engine = getattr(self.client._tracking_client.store, "engine", None)  # SQL stores; None for a server
+        if engine is not None:
+            engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # --- experiments and runs --------------------------------------------------------------------------
 
     def experiment(self, name: str, tags: dict[str, str] | None = None) -> str:
@@ -189,7 +203,8 @@ def record(store_cfg, what: str, fn: Callable[[Store], Any], sync: str | Path) -
     if uri is None:
         return None
     try:
-        return fn(Store(uri, store_cfg.artifacts))
+        with Store(uri, store_cfg.artifacts) as opened:
+            return fn(opened)
     except Exception as e:  # noqa: BLE001 - see above: a warning, never a failed run
         log.warning("run store %s: %s not recorded (%s); record it later: xai-lab runs --sync %s",
                     shown(uri), what, _reason(e), Path(sync).resolve())

@@ -45,12 +45,12 @@ postgres:
 	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq postgresql >/dev/null; }
 
 test: setup chromium postgres
-	$(PY) -m pytest -q
+	$(PY) -X faulthandler -m pytest -q
 
 # Whole sweeps and faults, about five minutes more (the FER comparison smoke sweep, a node lost mid-sweep, a sweep on
 # a full tmpfs: root, unicode names, a fan-out killed, Ctrl-C'd and SIGTERM'd), run by .ci/run.
 test-slow: setup chromium
-	$(PY) -m pytest -q -m slow
+	$(PY) -X faulthandler -m pytest -q -m slow
 
 lint: setup
 	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check xai_lab sweeps tests benchmarks

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,33 @@ SHARED = (ROOT / ".." / "shared" / "datasets").resolve()
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # No test writes to the project's run store (mlflow.db): the store's own tests name theirs (tests/test_store.py).
 os.environ["XAI_LAB_STORE"] = "none"
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """End the test process once pytest has reported, without the interpreter's final teardown.
+
+    This one process loads torch, Ray (started and shut down by several modules), MLflow with SQLAlchemy and
+    psycopg, grpc and dlib. Their native teardown at interpreter exit (freeing extension modules, static
+    destructors while their own threads still run) once crashed the process with a segmentation fault after
+    every test had passed and the summary was printed, which failed ``make test``. The Python-level exit
+    handlers still run here (with ``-X faulthandler``, as ``make test`` runs pytest, a crash in them prints
+    its stack); only the native teardown after them is skipped. The exit status is pytest's own. Most commands
+    under test run in processes of their own, whose exit codes the tests check.
+    """
+    if _EXIT_STATUS not in config.stash:  # pytest stopped before the session ran (a usage error)
+        return
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(config.stash[_EXIT_STATUS])
 
 
 def cli_env(**extra: str) -> dict:

@@ -341,32 +341,39 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_runs(args: argparse.Namespace) -> None:
     """``xai-lab runs [--filter EXPR] [--sort KEY] [--columns a,b] [--csv]`` or ``xai-lab runs --sync PATH...``."""
-    import pandas as pd
-
     found = store.open_store(args.store or "")
     if found is None:
         raise UserError("the run store is off (store.uri / XAI_LAB_STORE is none); pass --store URI")
     with found:  # its connections closed when done
         if args.sync:
-            counts = store.sync(found, args.sync)
-            new = len(found.created)
-            print(f"store {store.shown(found.uri)}: {counts['runs']} runs, {counts['cv']} cross-validations, "
-                  f"{counts['sweeps']} sweeps ({counts['trials']} trials) found; {new} new records, the rest already "
-                  "there (updated with what was new)")
-            return
-        table = store.search(found, args.filter or "", args.sort, args.experiment, args.max)
-        if table.empty:
-            print(f"no runs in {store.shown(found.uri)}" + (f" match {args.filter!r}" if args.filter else ""),
-                  file=sys.stderr)
-            return
-        columns = _run_columns(table, args.columns)
-        view = table[columns].rename(columns=lambda c: c.split(".", 1)[1] if c.startswith(_PREFIXES) else c)
-        if args.csv:
-            view.to_csv(sys.stdout, index=False)
+            _sync_runs(found, args.sync)
         else:
-            with pd.option_context("display.max_colwidth", 80, "display.width", 250,
-                                   "display.float_format", "{:.4f}".format):
-                print(view.astype(object).where(view.notna(), "").to_string(index=False))
+            _list_runs(found, args)
+
+
+def _sync_runs(found: store.Store, paths: list[str]) -> None:
+    counts = store.sync(found, paths)
+    print(f"store {store.shown(found.uri)}: {counts['runs']} runs, {counts['cv']} cross-validations, "
+          f"{counts['sweeps']} sweeps ({counts['trials']} trials) found; {len(found.created)} new records, the rest "
+          "already there (updated with what was new)")
+
+
+def _list_runs(found: store.Store, args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    table = store.search(found, args.filter or "", args.sort, args.experiment, args.max)
+    if table.empty:
+        print(f"no runs in {store.shown(found.uri)}" + (f" match {args.filter!r}" if args.filter else ""),
+              file=sys.stderr)
+        return
+    columns = _run_columns(table, args.columns)
+    view = table[columns].rename(columns=lambda c: c.split(".", 1)[1] if c.startswith(_PREFIXES) else c)
+    if args.csv:
+        view.to_csv(sys.stdout, index=False)
+    else:
+        with pd.option_context("display.max_colwidth", 80, "display.width", 250,
+                               "display.float_format", "{:.4f}".format):
+            print(view.astype(object).where(view.notna(), "").to_string(index=False))
 
 
 _PREFIXES = ("params.", "metrics.", "tags.")
